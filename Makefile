@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+STACK := deploy/local/stack.sh
+
+.PHONY: run test lint stack-up stack-down stack-status build release
+
+build:
+	cargo build --workspace
+
+release:
+	cargo build --workspace --release
+
+# The whole system as plain processes: the stack, loms, three notifiers. Ctrl-C stops all of it.
+run: release
+	deploy/local/run.sh
+
+# A stack of its own on free ports (unless DATABASE_URL and KAFKA_BROKERS name one), the whole
+# test suite against it, and the stack stopped afterwards, even on failure.
+test:
+	cargo build --workspace --all-targets
+	deploy/local/with-stack.sh cargo test --workspace --no-fail-fast
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status

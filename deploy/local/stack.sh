@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# The real local stack as plain processes: PostgreSQL 15 and a single-node KRaft Apache Kafka
+# broker from Maven Central jars, with the topics created by deploy/kafka-init.sh (the same step
+# the compose file runs).
+#
+#   stack.sh up | down | status | env | kafka-stop | kafka-start | pg-stop | pg-start
+#
+#   STACK_DIR              state folder (default /tmp/loms-stack)
+#   PG_PORT                PostgreSQL port (default 5432)
+#   KAFKA_PORT             broker port (default 9092)
+#   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
+#   KAFKA_VERSION          default 4.1.0 (the compose file's apache/kafka image is the same)
+#   KAFKA_LIBS_CACHE       where the jars are kept (default ~/.cache/loms-stack/kafka-<version>)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STACK_DIR=${STACK_DIR:-/tmp/loms-stack}
+PG_PORT=${PG_PORT:-5432}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.0}
+LOG4J_VERSION=2.24.3
+KAFKA_LIBS_CACHE=${KAFKA_LIBS_CACHE:-$HOME/.cache/loms-stack/kafka-$KAFKA_VERSION}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_DB=loms
+
+pg_dir=$STACK_DIR/postgres
+kafka_dir=$STACK_DIR/kafka
+libs=$KAFKA_LIBS_CACHE/libs
+
+log() { echo "stack: $*" >&2; }
+fail_with_log() { # message, log file
+  log "$1"
+  if [ -f "$2" ]; then log "last lines of $2:"; tail -n 40 "$2" >&2; fi
+  exit 1
+}
+
+# PostgreSQL refuses to run as root; run it as the postgres user then.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_running() { [ -f "$pg_dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; }
+kafka_pid() { cat "$kafka_dir/kafka.pid" 2>/dev/null || true; }
+kafka_running() { local pid; pid=$(kafka_pid); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+psql_stack() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+pg_start() {
+  if pg_running; then return 0; fi
+  mkdir -p "$pg_dir"
+  if [ ! -f "$pg_dir/data/PG_VERSION" ]; then
+    [ "$(id -u)" = 0 ] && chown postgres "$pg_dir"
+    as_pg "$PG_BIN/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >"$pg_dir/initdb.log" 2>&1 ||
+      fail_with_log "initdb failed" "$pg_dir/initdb.log"
+  fi
+  # Sockets in the state folder, so that several stacks never share /var/run/postgresql.
+  as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on}" \
+    start >/dev/null || fail_with_log "PostgreSQL did not start" "$pg_dir/postgres.log"
+  local deadline=$((SECONDS + 60))
+  until psql_stack -d postgres -c 'select 1' >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail_with_log "PostgreSQL does not answer queries" "$pg_dir/postgres.log"
+    sleep 0.2
+  done
+  if [ "$(psql_stack -d postgres -c "select 1 from pg_database where datname = '$PG_DB'")" != 1 ]; then
+    psql_stack -d postgres -c "create database $PG_DB" >/dev/null
+  fi
+  log "PostgreSQL up on 127.0.0.1:$PG_PORT"
+}
+
+pg_stop() {
+  if pg_running; then as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null; log "PostgreSQL stopped"; fi
+}
+
+fetch_kafka() {
+  if [ -f "$libs/.complete" ]; then return 0; fi
+  log "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS_CACHE (once)"
+  local work
+  mkdir -p "$KAFKA_LIBS_CACHE"
+  work=$(mktemp -d "$KAFKA_LIBS_CACHE/fetch.XXXXXX")
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.stack</groupId><artifactId>kafka-libs</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-api</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  # The short `dependency:` prefix resolves to a 2013 plugin in Maven 3.8: name it in full.
+  if ! (cd "$work" && mvn -q -B org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DoutputDirectory="$work/libs" >"$work/mvn.log" 2>&1); then
+    fail_with_log "Maven could not fetch the Kafka jars" "$work/mvn.log"
+  fi
+  touch "$work/libs/.complete"
+  # Another stack may have finished first; either copy is complete.
+  mv -T "$work/libs" "$libs" 2>/dev/null || true
+  rm -rf "$work"
+}
+
+kafka_tool() { # class, args...
+  local class=$1; shift
+  java -Xmx256m -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" -cp "$libs/*" "$class" "$@"
+}
+
+kafka_start() {
+  if kafka_running; then return 0; fi
+  fetch_kafka
+  mkdir -p "$kafka_dir/data" "$kafka_dir/logs"
+  cat >"$kafka_dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$kafka_dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  cat >"$kafka_dir/log4j2.properties" <<PROPS
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName=$kafka_dir/logs/server.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=org.apache.kafka
+logger.kafka.level=INFO
+PROPS
+  cat >"$kafka_dir/tools-log4j2.properties" <<PROPS
+rootLogger.level=WARN
+rootLogger.appenderRef.stderr.ref=stderr
+appender.stderr.type=Console
+appender.stderr.name=stderr
+appender.stderr.target=SYSTEM_ERR
+appender.stderr.layout.type=PatternLayout
+appender.stderr.layout.pattern=%p %m%n
+PROPS
+  if [ ! -f "$kafka_dir/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    java -cp "$libs/*" -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" kafka.tools.StorageTool \
+      format -t "$cluster_id" -c "$kafka_dir/server.properties" >"$kafka_dir/format.log" 2>&1 ||
+      fail_with_log "formatting the KRaft log folder failed" "$kafka_dir/format.log"
+  fi
+  # setsid: the broker outlives this script, in a session of its own, and ignores the caller's
+  # Ctrl-C; `down` stops it by its pid.
+  setsid java -Xms256m -Xmx${KAFKA_HEAP:-768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$kafka_dir/logs" -Dlog4j2.configurationFile="$kafka_dir/log4j2.properties" \
+    -cp "$libs/*" kafka.Kafka "$kafka_dir/server.properties" \
+    >"$kafka_dir/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$kafka_dir/kafka.pid"
+  # A metadata round trip, not an open port, says the broker works: kafka-init waits for a
+  # topic listing before it creates anything.
+  KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-90} \
+    KAFKA_TOPICS_CMD="java -Xmx256m -Dlog4j2.configurationFile=$kafka_dir/tools-log4j2.properties -cp $libs/* org.apache.kafka.tools.TopicCommand" \
+    "$here/../kafka-init.sh" >"$kafka_dir/init.log" 2>&1 || {
+    kafka_running || fail_with_log "the Kafka broker exited" "$kafka_dir/logs/server.log"
+    cat "$kafka_dir/init.log" >&2
+    fail_with_log "the Kafka broker is not ready" "$kafka_dir/logs/server.log"
+  }
+  log "Kafka up on 127.0.0.1:$KAFKA_PORT; $(tr '\n' ' ' <"$kafka_dir/init.log")"
+}
+
+kafka_stop() {
+  local pid
+  pid=$(kafka_pid)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+      sleep 0.2
+    done
+    log "Kafka stopped"
+  fi
+  rm -f "$kafka_dir/kafka.pid"
+}
+
+print_env() {
+  echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+  echo "KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+  echo "STACK_DIR=$STACK_DIR"
+}
+
+status() {
+  local rc=0
+  if pg_running; then echo "postgres: up (127.0.0.1:$PG_PORT)"; else echo "postgres: down"; rc=3; fi
+  if kafka_running; then echo "kafka: up (127.0.0.1:$KAFKA_PORT, pid $(kafka_pid))"; else echo "kafka: down"; rc=3; fi
+  return $rc
+}
+
+mkdir -p "$STACK_DIR"
+case "${1:-}" in
+  up)
+    pg_start
+    kafka_start
+    ;;
+  down)
+    kafka_stop
+    pg_stop
+    ;;
+  status) status ;;
+  env) print_env ;;
+  kafka-stop) kafka_stop ;;
+  kafka-start) kafka_start ;;
+  pg-stop) pg_stop ;;
+  pg-start) pg_start ;;
+  fetch) fetch_kafka ;;
+  *)
+    echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|pg-stop|pg-start|fetch" >&2
+    exit 2
+    ;;
+esac

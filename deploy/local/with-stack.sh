@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs a command against a local stack: the one named by DATABASE_URL and KAFKA_BROKERS if both
+# are set, otherwise a fresh stack on free ports in a temporary folder, stopped afterwards even
+# when the command fails. The command sees DATABASE_URL, KAFKA_BROKERS and STACK_DIR (tests use
+# STACK_DIR with stack.sh to stop and start the broker or the database).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+if [ -n "${DATABASE_URL:-}" ] && [ -n "${KAFKA_BROKERS:-}" ]; then
+  exec "$@"
+fi
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+STACK_DIR=$(mktemp -d /tmp/loms-stack.XXXXXX)
+PG_PORT=$(free_port)
+KAFKA_PORT=$(free_port)
+KAFKA_CONTROLLER_PORT=$(free_port)
+export STACK_DIR PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
+chmod 755 "$STACK_DIR"
+
+cleanup() {
+  "$here/stack.sh" down || true
+  if [ -z "${KEEP_STACK_DIR:-}" ]; then rm -rf "$STACK_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$here/stack.sh" up
+set -a
+eval "$("$here/stack.sh" env)"
+set +a
+status=0
+"$@" || status=$?
+exit $status
