@@ -78,7 +78,10 @@ mod tests {
             event_id: "0190c1c2-0000-7000-8000-000000000001".into(),
             order_id: 42,
             status: status::AWAITING_PAYMENT.into(),
-            occurred_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
             metadata: [("rpc".to_string(), "OrderCreate".to_string())].into(),
             user_id: 7,
             previous_status: status::NEW.into(),
@@ -90,13 +93,22 @@ mod tests {
     #[test]
     fn round_trip() {
         let event = sample();
-        assert_eq!(OrderEvent::decode_from(&event.encode_to_bytes()).unwrap(), event);
+        assert_eq!(
+            OrderEvent::decode_from(&event.encode_to_bytes()).unwrap(),
+            event
+        );
     }
 
     #[test]
     fn garbage_and_empty_are_refused() {
-        assert!(matches!(OrderEvent::decode_from(&[0xff, 0xff, 0xff]), Err(DecodeError::Protobuf(_))));
-        assert!(matches!(OrderEvent::decode_from(&[]), Err(DecodeError::Incomplete)));
+        assert!(matches!(
+            OrderEvent::decode_from(&[0xff, 0xff, 0xff]),
+            Err(DecodeError::Protobuf(_))
+        ));
+        assert!(matches!(
+            OrderEvent::decode_from(&[]),
+            Err(DecodeError::Incomplete)
+        ));
         // Another message type: an Item parses as an OrderEvent without the required fields.
         let other = Item { sku: 5, count: 1 }.encode_to_vec();
         assert!(OrderEvent::decode_from(&other).is_err());
@@ -105,7 +117,11 @@ mod tests {
     #[test]
     fn descriptor_set_names_the_message() {
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
-        let file = fds.file.iter().find(|f| f.package() == "loms.events.v1").unwrap();
+        let file = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "loms.events.v1")
+            .unwrap();
         assert!(file.message_type.iter().any(|m| m.name() == "OrderEvent"));
         assert_eq!(MESSAGE_TYPE, format!("{}.OrderEvent", file.package()));
     }

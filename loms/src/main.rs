@@ -1,1 +1,48 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use loms::config::{Overrides, Settings};
+use tokio_util::sync::CancellationToken;
+
+/// LOMS: the order service.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP and relay the outbox (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli.overrides, None)?;
+    loms::telemetry::init(settings.log.json, &settings.log.filter);
+    tracing::info!(?settings, "configuration");
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            let pool = loms::startup::connect(&settings.database).await?;
+            loms::startup::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Serve => {
+            let app = loms::startup::Application::build(settings).await?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                loms::telemetry::shutdown_signal().await;
+                signal.cancel();
+            });
+            app.run(shutdown).await?;
+            tracing::info!("stopped");
+        }
+    }
+    Ok(())
+}

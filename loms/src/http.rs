@@ -1,0 +1,187 @@
+//! HTTP/JSON gateway over the gRPC service: the contract's routes, canonical Protobuf JSON
+//! (pbjson), errors as `{"code", "message", "details"}` with grpc-gateway's HTTP statuses.
+
+use std::collections::HashMap;
+
+use api::loms::{
+    OrderCancelRequest, OrderCreateRequest, OrderInfoRequest, OrderPayRequest, StocksInfoRequest,
+};
+use api::Loms;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::http_status;
+use crate::metrics::Metrics;
+use crate::service::LomsService;
+
+#[derive(Clone)]
+struct Gateway {
+    service: LomsService,
+    metrics: Metrics,
+    pool: sqlx::PgPool,
+}
+
+pub fn router(
+    service: LomsService,
+    metrics: Metrics,
+    pool: sqlx::PgPool,
+    body_limit: usize,
+) -> Router {
+    Router::new()
+        .route("/order/create", post(order_create))
+        .route("/order/info", get(order_info))
+        .route("/order/pay", post(order_pay))
+        .route("/order/cancel", post(order_cancel))
+        .route("/stock/info", get(stock_info))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Gateway {
+            service,
+            metrics,
+            pool,
+        })
+}
+
+fn error(code: tonic::Code, message: impl Into<String>) -> Response {
+    let status =
+        StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({ "code": code as i32, "message": message.into(), "details": [] });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn reply<T: Serialize>(result: Result<tonic::Response<T>, tonic::Status>) -> Response {
+    match result {
+        Ok(response) => match serde_json::to_string(response.get_ref()) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => error(
+                tonic::Code::Internal,
+                format!("response not encodable: {e}"),
+            ),
+        },
+        Err(status) => error(status.code(), status.message()),
+    }
+}
+
+/// A JSON body in the Protobuf JSON mapping. The body limit's rejection is turned into the
+/// contract's error shape as well.
+fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, Response> {
+    let body = body.map_err(|e| {
+        error(
+            tonic::Code::InvalidArgument,
+            format!("request body not readable: {e}"),
+        )
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            tonic::Code::InvalidArgument,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+/// A 64-bit id from the query string, by its JSON name or its proto name (as grpc-gateway
+/// accepts both); absent means 0, which validation then refuses by name.
+fn query_id(query: QueryParams, name: &str, proto_name: &str) -> Result<i64, Response> {
+    let Query(query) = query.map_err(|e| {
+        error(
+            tonic::Code::InvalidArgument,
+            format!("invalid query string: {e}"),
+        )
+    })?;
+    match query.get(name).or_else(|| query.get(proto_name)) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            error(
+                tonic::Code::InvalidArgument,
+                format!("{name}: {v:?} is not a 64-bit integer"),
+            )
+        }),
+    }
+}
+
+async fn order_create(
+    State(g): State<Gateway>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match parse_body::<OrderCreateRequest>(body) {
+        Ok(req) => reply(g.service.order_create(tonic::Request::new(req)).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn order_pay(
+    State(g): State<Gateway>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match parse_body::<OrderPayRequest>(body) {
+        Ok(req) => reply(g.service.order_pay(tonic::Request::new(req)).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn order_cancel(
+    State(g): State<Gateway>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match parse_body::<OrderCancelRequest>(body) {
+        Ok(req) => reply(g.service.order_cancel(tonic::Request::new(req)).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn order_info(State(g): State<Gateway>, query: QueryParams) -> Response {
+    match query_id(query, "orderId", "order_id") {
+        Ok(order_id) => reply(
+            g.service
+                .order_info(tonic::Request::new(OrderInfoRequest { order_id }))
+                .await,
+        ),
+        Err(resp) => resp,
+    }
+}
+
+async fn stock_info(State(g): State<Gateway>, query: QueryParams) -> Response {
+    match query_id(query, "sku", "sku") {
+        Ok(sku) => reply(
+            g.service
+                .stocks_info(tonic::Request::new(StocksInfoRequest { sku }))
+                .await,
+        ),
+        Err(resp) => resp,
+    }
+}
+
+async fn metrics_text(State(g): State<Gateway>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        g.metrics.render(&g.pool).await,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(tonic::Code::NotFound, "Not Found")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut resp = error(tonic::Code::Unimplemented, "Method Not Allowed");
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}

@@ -1,0 +1,14 @@
+//! loms: orders and stock in PostgreSQL behind gRPC and HTTP/JSON, with every status change
+//! published to Kafka through a transactional outbox.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod relay;
+pub mod service;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,100 @@
+//! Order events as outbox rows, written in the transaction of the change they describe.
+
+use std::sync::Arc;
+
+use events_proto::{headers, OrderEvent};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::Notify;
+
+use crate::domain::{Line, Status};
+
+/// What every event written by this replica shares.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub topic: String,
+    pub instance: String,
+    /// Wakes this replica's relay once a transaction that wrote events has committed.
+    pub written: Arc<Notify>,
+}
+
+/// One status change of an order.
+pub struct Change<'a> {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub status: Status,
+    pub previous: Option<Status>,
+    /// Per-order number of this event: 1 for the first.
+    pub sequence: i64,
+    pub lines: &'a [Line],
+    pub rpc: &'static str,
+    pub reason: Option<String>,
+}
+
+impl Outbox {
+    pub fn event(&self, change: &Change<'_>) -> OrderEvent {
+        let now = std::time::SystemTime::now();
+        let mut metadata = std::collections::HashMap::from([
+            ("rpc".to_string(), change.rpc.to_string()),
+            ("instance".to_string(), self.instance.clone()),
+        ]);
+        if let Some(reason) = &change.reason {
+            metadata.insert("reason".into(), reason.clone());
+        }
+        OrderEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            order_id: change.order_id,
+            status: change.status.as_str().into(),
+            occurred_at: Some(prost_types::Timestamp::from(now)),
+            metadata,
+            user_id: change.user_id,
+            previous_status: change
+                .previous
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            sequence: change.sequence,
+            items: change
+                .lines
+                .iter()
+                .map(|l| events_proto::Item {
+                    sku: l.sku,
+                    count: u32::try_from(l.count).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }
+    }
+
+    /// Inserts the events of `changes`, in that order, into the outbox of `tx`. The caller has
+    /// locked (or just created) the order row, so that the events of one order get ids in the
+    /// order their transactions commit.
+    pub async fn write(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        changes: &[Change<'_>],
+    ) -> Result<(), sqlx::Error> {
+        let mut keys = Vec::with_capacity(changes.len());
+        let mut payloads = Vec::with_capacity(changes.len());
+        let mut header_sets = Vec::with_capacity(changes.len());
+        for change in changes {
+            let event = self.event(change);
+            keys.push(event.order_id.to_string());
+            header_sets.push(serde_json::json!({
+                headers::EVENT_ID: event.event_id,
+                headers::MESSAGE_TYPE: events_proto::MESSAGE_TYPE,
+                headers::CONTENT_TYPE: events_proto::CONTENT_TYPE,
+            }));
+            payloads.push(event.encode_to_bytes());
+        }
+        sqlx::query(
+            "INSERT INTO outbox (topic, key, payload, headers)
+             SELECT $1, k, p, h FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY AS u(k, p, h, n)
+             ORDER BY n",
+        )
+        .bind(&self.topic)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&header_sets)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}

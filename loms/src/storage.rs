@@ -1,0 +1,340 @@
+//! Orders and stock in PostgreSQL. Each operation on an order is one transaction that locks the
+//! order row first, then the stock rows in sku order (so concurrent orders cannot deadlock), and
+//! writes its events to the outbox before it commits.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::domain::{Line, NewOrder, Status};
+use crate::error::ServiceError;
+use crate::outbox::{Change, Outbox};
+
+#[derive(Clone)]
+pub struct Storage {
+    pool: PgPool,
+    outbox: Outbox,
+}
+
+/// Result of OrderCreate once committed.
+#[derive(Debug)]
+pub struct Created {
+    pub order_id: i64,
+    /// Why the reservation failed, when the order ended `failed`.
+    pub failure: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct OrderView {
+    pub status: Status,
+    pub user_id: i64,
+    pub lines: Vec<Line>,
+}
+
+struct Locked {
+    user_id: i64,
+    status: Status,
+    event_seq: i64,
+    lines: Vec<Line>,
+}
+
+fn columns(lines: &[Line]) -> (Vec<i64>, Vec<i64>) {
+    lines.iter().map(|l| (l.sku, l.count)).unzip()
+}
+
+impl Storage {
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        Self { pool, outbox }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn create_order(&self, order: &NewOrder) -> Result<Created, ServiceError> {
+        let (skus, counts) = columns(&order.lines);
+        let mut tx = self.pool.begin().await?;
+        let (order_id,): (i64,) = sqlx::query_as(
+            "INSERT INTO orders (user_id, status, event_seq) VALUES ($1, 'new', 2) RETURNING id",
+        )
+        .bind(order.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO order_items (order_id, sku, count) SELECT $1, * FROM unnest($2::bigint[], $3::bigint[])")
+            .bind(order_id)
+            .bind(&skus)
+            .bind(&counts)
+            .execute(&mut *tx)
+            .await?;
+
+        let available: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT sku, total_count - reserved FROM stocks WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        )
+        .bind(&skus)
+        .fetch_all(&mut *tx)
+        .await?;
+        let failure = shortage(&order.lines, &available);
+        if failure.is_none() {
+            sqlx::query(
+                "UPDATE stocks s SET reserved = s.reserved + u.count
+                 FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
+            )
+            .bind(&skus)
+            .bind(&counts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let status = if failure.is_some() {
+            Status::Failed
+        } else {
+            Status::AwaitingPayment
+        };
+        set_status(&mut tx, order_id, status).await?;
+
+        let change = |status, previous, sequence, reason| Change {
+            order_id,
+            user_id: order.user_id,
+            status,
+            previous,
+            sequence,
+            lines: &order.lines,
+            rpc: "OrderCreate",
+            reason,
+        };
+        self.outbox
+            .write(
+                &mut tx,
+                &[
+                    change(Status::New, None, 1, None),
+                    change(status, Some(Status::New), 2, failure.clone()),
+                ],
+            )
+            .await?;
+        self.commit(tx).await?;
+        Ok(Created { order_id, failure })
+    }
+
+    pub async fn order(&self, order_id: i64) -> Result<OrderView, ServiceError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT user_id, status FROM orders WHERE id = $1")
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (user_id, status) = row.ok_or_else(|| not_found(order_id))?;
+        let lines = lines(&self.pool, order_id).await?;
+        Ok(OrderView {
+            status: parse_status(&status)?,
+            user_id,
+            lines,
+        })
+    }
+
+    /// Pays an order awaiting payment; `Ok(false)` when it was already paid.
+    pub async fn pay(&self, order_id: i64) -> Result<bool, ServiceError> {
+        let mut tx = self.pool.begin().await?;
+        let order = lock_order(&mut tx, order_id).await?;
+        match order.status {
+            Status::Payed => return Ok(false),
+            Status::AwaitingPayment => {}
+            other => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "order {order_id} is {}, only an order awaiting payment can be paid",
+                    other.as_str()
+                )))
+            }
+        }
+        let (skus, counts) = columns(&order.lines);
+        lock_stocks(&mut tx, &skus).await?;
+        sqlx::query(
+            "UPDATE stocks s SET reserved = s.reserved - u.count, total_count = s.total_count - u.count
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
+        )
+        .bind(&skus)
+        .bind(&counts)
+        .execute(&mut *tx)
+        .await?;
+        self.transition(tx, order_id, &order, Status::Payed, "OrderPay")
+            .await?;
+        Ok(true)
+    }
+
+    /// Cancels an order that is new or awaiting payment; `Ok(false)` when it was already cancelled.
+    pub async fn cancel(&self, order_id: i64) -> Result<bool, ServiceError> {
+        let mut tx = self.pool.begin().await?;
+        let order = lock_order(&mut tx, order_id).await?;
+        match order.status {
+            Status::Cancelled => return Ok(false),
+            Status::New => {} // nothing was reserved yet
+            Status::AwaitingPayment => {
+                let (skus, counts) = columns(&order.lines);
+                lock_stocks(&mut tx, &skus).await?;
+                sqlx::query(
+                    "UPDATE stocks s SET reserved = s.reserved - u.count
+                     FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
+                )
+                .bind(&skus)
+                .bind(&counts)
+                .execute(&mut *tx)
+                .await?;
+            }
+            other => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "order {order_id} is {} and cannot be cancelled",
+                    other.as_str()
+                )))
+            }
+        }
+        self.transition(tx, order_id, &order, Status::Cancelled, "OrderCancel")
+            .await?;
+        Ok(true)
+    }
+
+    /// Units of `sku` that can still be bought.
+    pub async fn available(&self, sku: i64) -> Result<u32, ServiceError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT GREATEST(total_count - reserved, 0) FROM stocks WHERE sku = $1")
+                .bind(sku)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (count,) = row.ok_or_else(|| ServiceError::NotFound(format!("sku {sku} not found")))?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    async fn transition(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        order_id: i64,
+        order: &Locked,
+        status: Status,
+        rpc: &'static str,
+    ) -> Result<(), ServiceError> {
+        let sequence = order.event_seq + 1;
+        sqlx::query(
+            "UPDATE orders SET status = $2, event_seq = $3, updated_at = now() WHERE id = $1",
+        )
+        .bind(order_id)
+        .bind(status.as_str())
+        .bind(sequence)
+        .execute(&mut *tx)
+        .await?;
+        let change = Change {
+            order_id,
+            user_id: order.user_id,
+            status,
+            previous: Some(order.status),
+            sequence,
+            lines: &order.lines,
+            rpc,
+            reason: None,
+        };
+        self.outbox.write(&mut tx, &[change]).await?;
+        self.commit(tx).await
+    }
+
+    async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<(), ServiceError> {
+        tx.commit().await?;
+        self.outbox.written.notify_one();
+        Ok(())
+    }
+}
+
+/// Why the stock cannot cover `lines`, if it cannot. `available` is sorted by sku.
+fn shortage(lines: &[Line], available: &[(i64, i64)]) -> Option<String> {
+    lines.iter().find_map(
+        |line| match available.binary_search_by_key(&line.sku, |(sku, _)| *sku) {
+            Err(_) => Some(format!("sku {} has no stock", line.sku)),
+            Ok(i) if available[i].1 < line.count => Some(format!(
+                "sku {}: {} requested, {} available",
+                line.sku,
+                line.count,
+                available[i].1.max(0)
+            )),
+            Ok(_) => None,
+        },
+    )
+}
+
+fn not_found(order_id: i64) -> ServiceError {
+    ServiceError::NotFound(format!("order {order_id} not found"))
+}
+
+fn parse_status(s: &str) -> Result<Status, ServiceError> {
+    Status::parse(s).ok_or_else(|| {
+        ServiceError::Internal(anyhow::anyhow!(
+            "unknown order status {s:?} in the database"
+        ))
+    })
+}
+
+async fn set_status(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: i64,
+    status: Status,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(order_id)
+        .bind(status.as_str())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+async fn lines<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    order_id: i64,
+) -> Result<Vec<Line>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT sku, count FROM order_items WHERE order_id = $1 ORDER BY sku")
+            .bind(order_id)
+            .fetch_all(executor)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, count)| Line { sku, count })
+        .collect())
+}
+
+async fn lock_order(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: i64,
+) -> Result<Locked, ServiceError> {
+    let row: Option<(i64, String, i64)> =
+        sqlx::query_as("SELECT user_id, status, event_seq FROM orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (user_id, status, event_seq) = row.ok_or_else(|| not_found(order_id))?;
+    let lines = lines(&mut **tx, order_id).await?;
+    Ok(Locked {
+        user_id,
+        status: parse_status(&status)?,
+        event_seq,
+        lines,
+    })
+}
+
+async fn lock_stocks(tx: &mut Transaction<'_, Postgres>, skus: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT sku FROM stocks WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
+        .bind(skus)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortage_names_the_first_missing_sku() {
+        let lines = [Line { sku: 1, count: 2 }, Line { sku: 3, count: 5 }];
+        assert_eq!(shortage(&lines, &[(1, 2), (3, 5)]), None);
+        assert_eq!(
+            shortage(&lines, &[(1, 2), (3, 4)]).unwrap(),
+            "sku 3: 5 requested, 4 available"
+        );
+        assert_eq!(shortage(&lines, &[(3, 9)]).unwrap(), "sku 1 has no stock");
+        assert_eq!(
+            shortage(&lines[..1], &[(1, -1)]).unwrap(),
+            "sku 1: 2 requested, 0 available"
+        );
+    }
+}
