@@ -50,99 +50,82 @@ pub fn router(
         })
 }
 
-fn error(code: tonic::Code, message: impl Into<String>) -> Response {
-    let status =
-        StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({ "code": code as i32, "message": message.into(), "details": [] });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+/// An error reply: `{"code", "message", "details"}` with the HTTP status of the gRPC code.
+struct ApiError(tonic::Code, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(code, message) = self;
+        let status =
+            StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "code": code as i32, "message": message, "details": [] });
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError(tonic::Code::InvalidArgument, message)
 }
 
 fn reply<T: Serialize>(result: Result<tonic::Response<T>, tonic::Status>) -> Response {
     match result {
         Ok(response) => match serde_json::to_string(response.get_ref()) {
             Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(e) => error(
+            Err(e) => ApiError(
                 tonic::Code::Internal,
                 format!("response not encodable: {e}"),
-            ),
+            )
+            .into_response(),
         },
-        Err(status) => error(status.code(), status.message()),
+        Err(status) => ApiError(status.code(), status.message().to_string()).into_response(),
     }
 }
+
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 /// A JSON body in the Protobuf JSON mapping. The body limit's rejection is turned into the
 /// contract's error shape as well.
-fn parse_body<T: DeserializeOwned>(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<T, Response> {
-    let body = body.map_err(|e| {
-        error(
-            tonic::Code::InvalidArgument,
-            format!("request body not readable: {e}"),
-        )
-    })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        error(
-            tonic::Code::InvalidArgument,
-            format!("invalid request body: {e}"),
-        )
-    })
+fn parse_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let body = body.map_err(|e| invalid(format!("request body not readable: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid request body: {e}")))
 }
-
-type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 /// A 64-bit id from the query string, by its JSON name or its proto name (as grpc-gateway
 /// accepts both); absent means 0, which validation then refuses by name.
-fn query_id(query: QueryParams, name: &str, proto_name: &str) -> Result<i64, Response> {
-    let Query(query) = query.map_err(|e| {
-        error(
-            tonic::Code::InvalidArgument,
-            format!("invalid query string: {e}"),
-        )
-    })?;
+fn query_id(query: QueryParams, name: &str, proto_name: &str) -> Result<i64, ApiError> {
+    let Query(query) = query.map_err(|e| invalid(format!("invalid query string: {e}")))?;
     match query.get(name).or_else(|| query.get(proto_name)) {
         None => Ok(0),
-        Some(v) => v.parse().map_err(|_| {
-            error(
-                tonic::Code::InvalidArgument,
-                format!("{name}: {v:?} is not a 64-bit integer"),
-            )
-        }),
+        Some(v) => v
+            .parse()
+            .map_err(|_| invalid(format!("{name}: {v:?} is not a 64-bit integer"))),
     }
 }
 
-async fn order_create(
-    State(g): State<Gateway>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn order_create(State(g): State<Gateway>, body: Body) -> Response {
     match parse_body::<OrderCreateRequest>(body) {
         Ok(req) => reply(g.service.order_create(tonic::Request::new(req)).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
-async fn order_pay(
-    State(g): State<Gateway>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn order_pay(State(g): State<Gateway>, body: Body) -> Response {
     match parse_body::<OrderPayRequest>(body) {
         Ok(req) => reply(g.service.order_pay(tonic::Request::new(req)).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
-async fn order_cancel(
-    State(g): State<Gateway>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn order_cancel(State(g): State<Gateway>, body: Body) -> Response {
     match parse_body::<OrderCancelRequest>(body) {
         Ok(req) => reply(g.service.order_cancel(tonic::Request::new(req)).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -153,7 +136,7 @@ async fn order_info(State(g): State<Gateway>, query: QueryParams) -> Response {
                 .order_info(tonic::Request::new(OrderInfoRequest { order_id }))
                 .await,
         ),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -164,7 +147,7 @@ async fn stock_info(State(g): State<Gateway>, query: QueryParams) -> Response {
                 .stocks_info(tonic::Request::new(StocksInfoRequest { sku }))
                 .await,
         ),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -177,11 +160,12 @@ async fn metrics_text(State(g): State<Gateway>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(tonic::Code::NotFound, "Not Found")
+    ApiError(tonic::Code::NotFound, "Not Found".into()).into_response()
 }
 
 async fn method_not_allowed() -> Response {
-    let mut resp = error(tonic::Code::Unimplemented, "Method Not Allowed");
+    let mut resp =
+        ApiError(tonic::Code::Unimplemented, "Method Not Allowed".into()).into_response();
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp
 }

@@ -71,7 +71,7 @@ impl Relay {
                     tracing::warn!(error = format!("{e:#}"), "relay: stopped, will retry");
                     self.metrics.set_leader(false);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.advance()) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
@@ -163,7 +163,7 @@ impl Relay {
                     producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
                     drop(producer);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.advance()) => {}
                         _ = shutdown.cancelled() => {}
                     }
                     producer = producer_config(&self.kafka)
@@ -275,7 +275,7 @@ impl Backoff {
         Self { next: initial, max }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn advance(&mut self) -> Duration {
         let current = self.next;
         self.next = (self.next * 2).min(self.max);
         current
@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let seen: Vec<u128> = (0..4).map(|_| b.next().as_millis()).collect();
+        let seen: Vec<u128> = (0..4).map(|_| b.advance().as_millis()).collect();
         assert_eq!(seen, vec![100, 200, 350, 350]);
     }
 }

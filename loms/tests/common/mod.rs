@@ -1,0 +1,5 @@
+//! Shared by the integration tests: an application on a fresh database, Kafka helpers.
+#![allow(dead_code)] // each test binary uses a part of it
+
+pub mod app;
+pub mod kafka;
