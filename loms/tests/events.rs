@@ -2,52 +2,36 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::loms::*;
 use common::app::TestApp;
-use common::kafka::{self, Consumed};
+use common::checks::{by_order, decode};
+use common::kafka;
 use events_proto::OrderEvent;
 
 const SKU_A: i64 = 1076963;
 const SKU_BIG: i64 = 139275865; // 65534 units
 
-fn decode(m: &Consumed) -> OrderEvent {
-    OrderEvent::decode_from(&m.payload).expect("every message decodes as an OrderEvent")
-}
-
 async fn create(app: &TestApp, user_id: i64, items: &[(i64, u32)]) -> Result<i64, tonic::Status> {
-    let items = items.iter().map(|&(sku, count)| Item { sku, count }).collect();
-    app.client().await.order_create(OrderCreateRequest { user_id, items }).await.map(|r| r.get_ref().order_id)
-}
-
-/// Per order: the events in topic order, after checking that each order kept to one partition,
-/// that its key is its id, and that its sequence numbers run 1, 2, 3... without a gap.
-fn by_order(messages: &[Consumed]) -> BTreeMap<i64, Vec<OrderEvent>> {
-    let mut orders: BTreeMap<i64, Vec<(i32, OrderEvent)>> = BTreeMap::new();
-    for m in messages {
-        let event = decode(m);
-        assert_eq!(m.key.as_deref(), Some(event.order_id.to_string().as_str()), "key is the order id");
-        assert_eq!(m.headers.get("event-id"), Some(&event.event_id));
-        assert_eq!(m.headers.get("message-type").map(String::as_str), Some(events_proto::MESSAGE_TYPE));
-        assert_eq!(m.headers.get("content-type").map(String::as_str), Some(events_proto::CONTENT_TYPE));
-        orders.entry(event.order_id).or_default().push((m.partition, event));
-    }
-    orders
-        .into_iter()
-        .map(|(id, events)| {
-            assert!(events.iter().all(|(p, _)| *p == events[0].0), "order {id} spans partitions");
-            let sequences: Vec<i64> = events.iter().map(|(_, e)| e.sequence).collect();
-            assert_eq!(sequences, (1..=events.len() as i64).collect::<Vec<_>>(), "order {id} out of order");
-            (id, events.into_iter().map(|(_, e)| e).collect())
-        })
-        .collect()
+    let items = items
+        .iter()
+        .map(|&(sku, count)| Item { sku, count })
+        .collect();
+    app.client()
+        .await
+        .order_create(OrderCreateRequest { user_id, items })
+        .await
+        .map(|r| r.get_ref().order_id)
 }
 
 fn statuses(events: &[OrderEvent]) -> Vec<(&str, &str)> {
-    events.iter().map(|e| (e.previous_status.as_str(), e.status.as_str())).collect()
+    events
+        .iter()
+        .map(|e| (e.previous_status.as_str(), e.status.as_str()))
+        .collect()
 }
 
 #[tokio::test]
@@ -55,21 +39,50 @@ async fn each_rpc_produces_its_events_in_order() {
     let app = TestApp::spawn_with_relay().await;
     let mut c = app.client().await;
     let paid = create(&app, 11, &[(SKU_A, 2), (SKU_BIG, 1)]).await.unwrap();
-    c.order_pay(OrderPayRequest { order_id: paid }).await.unwrap();
-    c.order_pay(OrderPayRequest { order_id: paid }).await.unwrap(); // no-op: no event
+    c.order_pay(OrderPayRequest { order_id: paid })
+        .await
+        .unwrap();
+    c.order_pay(OrderPayRequest { order_id: paid })
+        .await
+        .unwrap(); // no-op: no event
     let cancelled = create(&app, 12, &[(SKU_A, 1)]).await.unwrap();
-    c.order_cancel(OrderCancelRequest { order_id: cancelled }).await.unwrap();
-    c.order_cancel(OrderCancelRequest { order_id: cancelled }).await.unwrap(); // no-op
+    c.order_cancel(OrderCancelRequest {
+        order_id: cancelled,
+    })
+    .await
+    .unwrap();
+    c.order_cancel(OrderCancelRequest {
+        order_id: cancelled,
+    })
+    .await
+    .unwrap(); // no-op
     let failed_err = create(&app, 13, &[(SKU_A, 60_000)]).await.unwrap_err();
     assert_eq!(failed_err.code(), tonic::Code::FailedPrecondition);
-    c.order_info(OrderInfoRequest { order_id: paid }).await.unwrap();
+    c.order_info(OrderInfoRequest { order_id: paid })
+        .await
+        .unwrap();
 
-    let messages = kafka::consume_until(&app.topic, Duration::from_secs(60), |m| m.len() >= 8).await;
-    let orders = by_order(&messages);
-    assert_eq!(orders.len(), 3);
+    let messages =
+        kafka::consume_until(&app.topic, Duration::from_secs(60), |m| m.len() >= 8).await;
+    let (orders, duplicates) = by_order(&messages);
+    assert_eq!((orders.len(), duplicates), (3, 0));
     let failed = *orders.keys().max().unwrap();
-    assert_eq!(statuses(&orders[&paid]), [("", "new"), ("new", "awaiting payment"), ("awaiting payment", "payed")]);
-    assert_eq!(statuses(&orders[&cancelled]), [("", "new"), ("new", "awaiting payment"), ("awaiting payment", "cancelled")]);
+    assert_eq!(
+        statuses(&orders[&paid]),
+        [
+            ("", "new"),
+            ("new", "awaiting payment"),
+            ("awaiting payment", "payed")
+        ]
+    );
+    assert_eq!(
+        statuses(&orders[&cancelled]),
+        [
+            ("", "new"),
+            ("new", "awaiting payment"),
+            ("awaiting payment", "cancelled")
+        ]
+    );
     assert_eq!(statuses(&orders[&failed]), [("", "new"), ("new", "failed")]);
 
     let pay = &orders[&paid][2];
@@ -78,27 +91,53 @@ async fn each_rpc_produces_its_events_in_order() {
     assert!(!pay.metadata["instance"].is_empty());
     assert_eq!(
         pay.items,
-        vec![events_proto::Item { sku: SKU_A, count: 2 }, events_proto::Item { sku: SKU_BIG, count: 1 }]
+        vec![
+            events_proto::Item {
+                sku: SKU_A,
+                count: 2
+            },
+            events_proto::Item {
+                sku: SKU_BIG,
+                count: 1
+            }
+        ]
     );
     assert!(pay.occurred_at.as_ref().unwrap().seconds > 1_700_000_000);
-    assert!(uuid::Uuid::parse_str(&pay.event_id).unwrap().get_version_num() == 7);
+    assert!(
+        uuid::Uuid::parse_str(&pay.event_id)
+            .unwrap()
+            .get_version_num()
+            == 7
+    );
     let fail = &orders[&failed][1];
-    assert!(fail.metadata["reason"].contains(&SKU_A.to_string()), "{:?}", fail.metadata);
+    assert!(
+        fail.metadata["reason"].contains(&SKU_A.to_string()),
+        "{:?}",
+        fail.metadata
+    );
     assert_eq!(fail.metadata["rpc"], "OrderCreate");
 
     // Nothing more: the no-ops and OrderInfo sent nothing, and the outbox is empty.
-    let all_ids: std::collections::HashSet<_> = messages.iter().map(|m| decode(m).event_id).collect();
+    let all_ids: std::collections::HashSet<_> =
+        messages.iter().map(|m| decode(m).event_id).collect();
     assert_eq!(all_ids.len(), 8);
     wait_for_empty_outbox(&app).await;
     assert_eq!(app.metrics.events_published(), 8);
-    assert_eq!(kafka::consume_all(&app.topic).await.len(), 8, "nothing else on the topic");
+    assert_eq!(
+        kafka::consume_all(&app.topic).await.len(),
+        8,
+        "nothing else on the topic"
+    );
     app.stop().await;
 }
 
 async fn wait_for_empty_outbox(app: &TestApp) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while app.count("outbox").await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the outbox did not drain");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -118,17 +157,29 @@ async fn thousand_orders_spread_evenly_and_keep_their_order() {
     for w in futures::future::join_all(workers).await {
         w.unwrap();
     }
-    let messages = kafka::consume_until(&app.topic, Duration::from_secs(120), |m| m.len() >= 2 * orders as usize).await;
-    let per_order = by_order(&messages);
-    assert_eq!(per_order.len(), orders as usize);
+    let messages = kafka::consume_until(&app.topic, Duration::from_secs(120), |m| {
+        m.len() >= 2 * orders as usize
+    })
+    .await;
+    let (per_order, duplicates) = by_order(&messages);
+    assert_eq!((per_order.len(), duplicates), (orders as usize, 0));
     let mut per_partition: HashMap<i32, usize> = HashMap::new();
     for m in &messages {
         *per_partition.entry(m.partition).or_default() += 1;
     }
-    let share = |p| per_partition.get(&p).copied().unwrap_or_default() as f64 / messages.len() as f64;
-    println!("events per partition: {per_partition:?} (shares {:.3} / {:.3})", share(0), share(1));
+    let share =
+        |p| per_partition.get(&p).copied().unwrap_or_default() as f64 / messages.len() as f64;
+    println!(
+        "events per partition: {per_partition:?} (shares {:.3} / {:.3})",
+        share(0),
+        share(1)
+    );
     for p in [0, 1] {
-        assert!((0.45..=0.55).contains(&share(p)), "partition {p} has {:.3} of the events", share(p));
+        assert!(
+            (0.45..=0.55).contains(&share(p)),
+            "partition {p} has {:.3} of the events",
+            share(p)
+        );
     }
     Arc::into_inner(app).unwrap().stop().await;
 }
@@ -141,7 +192,10 @@ async fn a_failed_transaction_sends_nothing() {
         instance: "test".into(),
         written: Arc::new(tokio::sync::Notify::new()),
     };
-    let lines = [loms::domain::Line { sku: SKU_A, count: 1 }];
+    let lines = [loms::domain::Line {
+        sku: SKU_A,
+        count: 1,
+    }];
     let change = |order_id| loms::outbox::Change {
         order_id,
         user_id: 1,
@@ -155,7 +209,10 @@ async fn a_failed_transaction_sends_nothing() {
     // The event row is written, then the transaction fails and rolls back.
     let mut tx = app.pool.begin().await.unwrap();
     outbox.write(&mut tx, &[change(1_000_001)]).await.unwrap();
-    sqlx::query("SELECT 1/0").execute(&mut *tx).await.unwrap_err();
+    sqlx::query("SELECT 1/0")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
     drop(tx);
     // Then a real order, whose events must be all the topic holds.
     let id = create(&app, 5, &[(SKU_A, 1)]).await.unwrap();
@@ -163,7 +220,10 @@ async fn a_failed_transaction_sends_nothing() {
     wait_for_empty_outbox(&app).await;
     let messages = kafka::consume_all(&app.topic).await;
     assert_eq!(messages.len(), 2);
-    assert!(messages.iter().all(|m| decode(m).order_id == id), "a rolled-back event was sent");
+    assert!(
+        messages.iter().all(|m| decode(m).order_id == id),
+        "a rolled-back event was sent"
+    );
     assert_eq!(app.count("outbox").await, 0);
     app.stop().await;
 }

@@ -98,12 +98,18 @@ pub async fn consume_until(
 
 /// Every message of `topic` up to its current end.
 pub async fn consume_all(topic: &str) -> Vec<Consumed> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let mut total = 0;
     for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).expect("watermarks");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .expect("watermarks");
         total += (high - low) as usize;
     }
     consume_until(topic, Duration::from_secs(120), |m| m.len() >= total).await

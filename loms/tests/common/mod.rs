@@ -2,4 +2,6 @@
 #![allow(dead_code)] // each test binary uses a part of it
 
 pub mod app;
+pub mod checks;
 pub mod kafka;
+pub mod process;
