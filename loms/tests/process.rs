@@ -291,7 +291,7 @@ async fn two_replicas_one_relay_and_a_takeover() {
     load(&[leader.grpc.clone(), follower.grpc.clone()], 1..201).await;
     leader.signal("KILL");
     leader.wait().await;
-    load(&[follower.grpc.clone()], 201..401).await;
+    load(std::slice::from_ref(&follower.grpc), 201..401).await;
     wait_until(
         "the other replica takes over the relay",
         Duration::from_secs(30),
