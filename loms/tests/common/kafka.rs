@@ -18,7 +18,15 @@ pub fn brokers() -> String {
 
 /// A topic of its own for one test, so tests never read each other's events.
 pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
-    let name = format!("{prefix}.{}", uuid::Uuid::now_v7().simple());
+    fresh_topic_named(
+        &format!("{prefix}.{}", uuid::Uuid::now_v7().simple()),
+        partitions,
+    )
+    .await
+}
+
+/// Creates the topic `name`, which must not exist yet.
+pub async fn fresh_topic_named(name: &str, partitions: i32) -> String {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
@@ -33,7 +41,7 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
     for r in results {
         r.expect("topic created");
     }
-    name
+    name.to_string()
 }
 
 #[derive(Debug, Clone)]

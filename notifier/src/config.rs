@@ -1,0 +1,186 @@
+//! Layered configuration: defaults in code < a TOML file (`--config`) < environment variables
+//! (`NOTIFIER_`, nested keys joined by `__`, e.g. `NOTIFIER_KAFKA__GROUP_ID`) < flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    /// Where `/metrics` is served; none by default.
+    pub metrics_addr: Option<String>,
+    /// How many recent event ids are remembered to recognise duplicates.
+    pub dedup_window: usize,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub log_json: bool,
+    /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
+    pub log_filter: String,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub dlq_topic: String,
+    pub client_id: String,
+    /// Extra librdkafka properties (SASL, TLS, timeouts), passed through as they are.
+    pub properties: BTreeMap<String, String>,
+}
+
+// Property values may be secrets: print their names only.
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("client_id", &self.client_id)
+            .field(
+                "properties (values hidden)",
+                &self.properties.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaSettings::default(),
+            metrics_addr: None,
+            dedup_window: 100_000,
+            retry_initial_ms: 200,
+            retry_max_ms: 5_000,
+            log_json: false,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: events_proto::TOPIC.into(),
+            group_id: "notifier".into(),
+            dlq_topic: format!("{}.dlq", events_proto::TOPIC),
+            client_id: "notifier".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Command-line flags; they override every other layer.
+#[derive(Debug, Default, clap::Parser)]
+#[command(version, about = "Logs every order event of loms, at least once.")]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+    /// Topic of the order events (default loms.order-events).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Consumer group (default notifier).
+    #[arg(long)]
+    pub group_id: Option<String>,
+    /// Dead-letter topic for messages that do not decode (default loms.order-events.dlq).
+    #[arg(long)]
+    pub dlq_topic: Option<String>,
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9100.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// A librdkafka property, `key=value`; repeatable.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_properties: Vec<String>,
+    /// Logs as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl Settings {
+    pub fn load(flags: &Flags, env: Option<config::Map<String, String>>) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = &flags.config {
+            builder = builder.add_source(config::File::from(path.as_path()));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("NOTIFIER")
+                .prefix_separator("_")
+                .separator("__")
+                .source(env),
+        );
+        for (key, value) in [
+            ("kafka.brokers", &flags.kafka_brokers),
+            ("kafka.topic", &flags.topic),
+            ("kafka.group_id", &flags.group_id),
+            ("kafka.dlq_topic", &flags.dlq_topic),
+            ("metrics_addr", &flags.metrics_addr),
+        ] {
+            if let Some(value) = value {
+                builder = builder.set_override(key, value.as_str())?;
+            }
+        }
+        if flags.log_json {
+            builder = builder.set_override("log_json", true)?;
+        }
+        let mut settings: Self = builder.build()?.try_deserialize()?;
+        for property in &flags.kafka_properties {
+            let (key, value) = property
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--kafka-property {property:?} is not KEY=VALUE"))?;
+            settings
+                .kafka
+                .properties
+                .insert(key.to_string(), value.to_string());
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_environment_beat_defaults() {
+        let env: config::Map<String, String> = [
+            ("NOTIFIER_KAFKA__GROUP_ID", "from-env"),
+            ("NOTIFIER_KAFKA__TOPIC", "env-topic"),
+            ("NOTIFIER_DEDUP_WINDOW", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let flags = Flags {
+            topic: Some("flag-topic".into()),
+            kafka_properties: vec!["sasl.password=hunter2".into()],
+            ..Default::default()
+        };
+        let s = Settings::load(&flags, Some(env)).unwrap();
+        assert_eq!(s.kafka.topic, "flag-topic");
+        assert_eq!(s.kafka.group_id, "from-env");
+        assert_eq!(s.dedup_window, 10);
+        assert_eq!(s.kafka.dlq_topic, "loms.order-events.dlq");
+        assert_eq!(s.kafka.properties["sasl.password"], "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_property_without_value_is_an_error() {
+        let flags = Flags {
+            kafka_properties: vec!["nonsense".into()],
+            ..Default::default()
+        };
+        assert!(Settings::load(&flags, Some(Default::default())).is_err());
+    }
+}
