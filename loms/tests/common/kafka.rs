@@ -33,7 +33,7 @@ pub async fn fresh_topic_named(name: &str, partitions: i32) -> String {
         .expect("admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new(),
         )
         .await
