@@ -6,6 +6,7 @@ pub fn init(json: bool, filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     // try_init: a second call (several tests in one process) keeps the first subscriber.
     let _ = if json {

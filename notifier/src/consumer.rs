@@ -195,7 +195,7 @@ impl Notifier {
             Err(e) => tracing::info!(error = %e, "final commit (nothing new to commit is fine)"),
         }
         consumer.unsubscribe();
-        tracing::info!("left the group");
+        tracing::info!("unsubscribed; leaving the group");
         Ok(())
     }
 }

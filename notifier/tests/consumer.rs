@@ -201,7 +201,7 @@ async fn three_members_two_receive_each_event_logged_once_and_sigterm_hands_over
     assert_eq!(members[active].wait().await.code(), Some(0));
     let log = std::fs::read_to_string(&members[active].log).unwrap();
     assert!(
-        log.contains("offsets committed") && log.contains("left the group"),
+        log.contains("offsets committed") && log.contains("leaving the group"),
         "{log}"
     );
     let idle = (0..3).find(|i| !receiving.contains(i)).unwrap();

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole system as plain processes, in the foreground: the local stack (PostgreSQL, Kafka, the
+# topics), loms, and three notifiers, their logs prefixed by name. Ctrl-C (or SIGTERM) stops the
+# services gracefully and then the stack.
+#
+#   LOMS_GRPC_ADDR / LOMS_HTTP_ADDR    default 0.0.0.0:8083 / 0.0.0.0:8084
+#   STACK_DIR, PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT: as for stack.sh
+#   KEEP_STACK=1                       leave PostgreSQL and Kafka running on exit
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bin=${BIN_DIR:-$here/../../target/release}
+
+"$here/stack.sh" up
+eval "$("$here/stack.sh" env)"
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo "run: stopping loms and the notifiers" >&2
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -z "${KEEP_STACK:-}" ]; then "$here/stack.sh" down; fi
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+prefixed() { # name, command...
+  local name=$1; shift
+  "$@" > >(sed -u "s/^/$name | /") 2>&1 &
+  pids+=($!)
+}
+
+prefixed loms "$bin/loms" --database-url "$DATABASE_URL" --kafka-brokers "$KAFKA_BROKERS"
+for i in 1 2 3; do
+  NOTIFIER_KAFKA__CLIENT_ID=notifier-$i prefixed "notifier-$i" "$bin/notifier" --kafka-brokers "$KAFKA_BROKERS"
+done
+echo "run: loms on gRPC ${LOMS_GRPC_ADDR:-0.0.0.0:8083}, HTTP ${LOMS_HTTP_ADDR:-0.0.0.0:8084}; Ctrl-C stops everything" >&2
+# Until any service exits (or a signal arrives).
+wait -n "${pids[@]}"
