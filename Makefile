@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: run test lint stack-up stack-down stack-status build release
+.PHONY: run test lint stack-up stack-down stack-status build release up down
 
 build:
 	cargo build --workspace
@@ -32,3 +32,10 @@ stack-down:
 
 stack-status:
 	$(STACK) status
+
+# The compose deployment (needs a Docker engine): kafka-ui on http://localhost:8080.
+up:
+	docker compose -f deploy/docker-compose.yml up --build -d
+
+down:
+	docker compose -f deploy/docker-compose.yml down

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Settings {
     pub grpc_addr: String,
@@ -24,7 +24,7 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -46,7 +46,7 @@ impl std::fmt::Debug for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for KafkaSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RelaySettings {
     pub enabled: bool,
@@ -84,7 +84,7 @@ pub struct RelaySettings {
     pub lock_key: i64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogSettings {
     pub json: bool,

@@ -3,5 +3,6 @@
 
 pub mod app;
 pub mod checks;
+pub mod compose;
 pub mod kafka;
 pub mod process;

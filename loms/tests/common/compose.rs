@@ -1,0 +1,53 @@
+//! Reading `deploy/docker-compose.yml` for the static checks of the deployment.
+#![allow(dead_code)] // shared with the notifier's tests, which use a part of it
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+pub fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The compose file as JSON.
+pub fn compose() -> Value {
+    serde_yaml_ng::from_str(&read("deploy/docker-compose.yml")).expect("the compose file is YAML")
+}
+
+/// The environment a service of the compose file is given, values as text.
+pub fn environment(compose: &Value, service: &str) -> BTreeMap<String, String> {
+    let env = compose["services"][service]["environment"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{service} has an environment map"));
+    env.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// Checks that every `PREFIX_A__B` variable names a field `a.b` of the loaded settings
+/// (serialized as JSON) and that the field took the variable's value: a misspelt name, which
+/// the configuration would silently ignore, fails here.
+pub fn assert_env_configures(prefix: &str, env: &BTreeMap<String, String>, settings: &Value) {
+    for (name, value) in env {
+        let path = name
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{name} lacks the prefix {prefix}"));
+        let mut field = settings;
+        for key in path.to_lowercase().split("__") {
+            field = field
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: the configuration has no field {key:?}"));
+        }
+        let loaded = field
+            .as_str()
+            .map_or_else(|| field.to_string(), str::to_string);
+        assert_eq!(&loaded, value, "{name} was not applied");
+    }
+}

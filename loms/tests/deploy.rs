@@ -1,0 +1,172 @@
+//! Static checks of the compose deployment: there is no Docker engine where the tests run.
+
+mod common;
+
+use common::compose::{self, assert_env_configures, environment, read};
+use serde_json::{json, Value};
+
+#[test]
+fn compose_file_follows_the_compose_specification() {
+    let schema: Value = serde_json::from_str(&read("deploy/schema/compose-spec.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let compose = compose::compose();
+    let errors: Vec<String> = validator
+        .iter_errors(&compose)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn topology() {
+    let c = compose::compose();
+    let services = c["services"].as_object().unwrap();
+    let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "kafka",
+            "kafka-init",
+            "kafka-ui",
+            "loms",
+            "notifier-1",
+            "notifier-2",
+            "notifier-3",
+            "postgres"
+        ]
+    );
+
+    // Kafka: the version the local stack runs, KRaft, a listener for containers and one for the host.
+    let stack = read("deploy/local/stack.sh");
+    let version = stack
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=${KAFKA_VERSION:-"))
+        .unwrap()
+        .trim_end_matches('}');
+    assert_eq!(
+        c["services"]["kafka"]["image"],
+        format!("apache/kafka:{version}")
+    );
+    let kafka = environment(&c, "kafka");
+    assert_eq!(kafka["KAFKA_PROCESS_ROLES"], "broker,controller");
+    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("localhost:9092"));
+    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("kafka:29092"));
+    assert_eq!(c["services"]["kafka"]["ports"], json!(["9092:9092"]));
+    assert!(c["services"]["kafka"]["healthcheck"]["test"]
+        .to_string()
+        .contains("kafka-broker-api-versions.sh"));
+    assert!(c["services"]["postgres"]["healthcheck"]["test"]
+        .to_string()
+        .contains("pg_isready"));
+    assert!(c["services"]["postgres"]["volumes"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres-data:"));
+
+    // kafka-init runs the script the local stack runs, which makes the topic 2 × 1.
+    let init = &c["services"]["kafka-init"];
+    assert_eq!(init["image"], c["services"]["kafka"]["image"]);
+    assert_eq!(init["command"], json!(["bash", "/deploy/kafka-init.sh"]));
+    assert_eq!(
+        init["volumes"],
+        json!(["./kafka-init.sh:/deploy/kafka-init.sh:ro"])
+    );
+    assert_eq!(init["depends_on"]["kafka"]["condition"], "service_healthy");
+    assert_eq!(
+        environment(&c, "kafka-init")["ORDER_EVENTS_TOPIC"],
+        events_proto::TOPIC
+    );
+    let script = read("deploy/kafka-init.sh");
+    assert!(script.contains(r#"ensure_topic "${ORDER_EVENTS_TOPIC:-loms.order-events}" 2"#));
+    assert!(script.contains("--replication-factor 1"));
+    assert!(
+        stack.contains("kafka-init.sh"),
+        "the local stack runs the same init script"
+    );
+
+    // kafka-ui decodes the order events with our .proto files.
+    let ui = &c["services"]["kafka-ui"];
+    assert!(ui["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("provectuslabs/kafka-ui:"));
+    assert_eq!(ui["ports"], json!(["8080:8080"]));
+    let ui_config: Value = serde_yaml_ng::from_str(&read("deploy/kafka-ui/config.yml")).unwrap();
+    let cluster = &ui_config["kafka"]["clusters"][0];
+    assert_eq!(cluster["bootstrapServers"], "kafka:29092");
+    assert_eq!(cluster["serde"][0]["name"], "ProtobufFile");
+    let serde = &cluster["serde"][0]["properties"];
+    assert_eq!(
+        serde["protobufMessageNameByTopic"][events_proto::TOPIC],
+        events_proto::MESSAGE_TYPE
+    );
+    let mounts: Vec<&str> = ui["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let proto_dir = serde["protobufFilesDir"].as_str().unwrap();
+    let proto_mount = mounts
+        .iter()
+        .find(|m| m.split(':').nth(1) == Some(proto_dir))
+        .expect("the proto folder is mounted");
+    assert_eq!(proto_mount.split(':').next(), Some("../events-proto/proto"));
+    let proto = read("events-proto/proto/loms/events/v1/order_event.proto");
+    assert!(proto.contains("package loms.events.v1;") && proto.contains("message OrderEvent {"));
+    let config_mount = mounts
+        .iter()
+        .find(|m| m.starts_with("./kafka-ui/config.yml:"))
+        .expect("config mounted");
+    let config_path = config_mount.split(':').nth(1).unwrap();
+    assert_eq!(
+        environment(&c, "kafka-ui")["SPRING_CONFIG_ADDITIONAL-LOCATION"],
+        config_path
+    );
+
+    // loms: both ports, after a healthy database and a finished init.
+    let loms = &c["services"]["loms"];
+    assert_eq!(loms["ports"], json!(["8083:8083", "8084:8084"]));
+    assert_eq!(
+        loms["depends_on"]["postgres"]["condition"],
+        "service_healthy"
+    );
+    assert_eq!(
+        loms["depends_on"]["kafka-init"]["condition"],
+        "service_completed_successfully"
+    );
+    assert_eq!(loms["build"]["target"], "loms");
+
+    for i in 1..=3 {
+        let name = format!("notifier-{i}");
+        let n = &c["services"][&name];
+        assert_eq!(n["container_name"], name);
+        assert_eq!(n["build"]["target"], "notifier");
+        assert_eq!(
+            n["depends_on"]["kafka-init"]["condition"],
+            "service_completed_successfully"
+        );
+        assert_eq!(
+            environment(&c, &name)["NOTIFIER_KAFKA__GROUP_ID"],
+            "notifier"
+        );
+    }
+}
+
+#[test]
+fn every_loms_variable_of_the_compose_file_configures_loms() {
+    let env = environment(&compose::compose(), "loms");
+    let settings =
+        loms::config::Settings::load(&Default::default(), Some(env.clone().into_iter().collect()))
+            .unwrap();
+    assert_env_configures("LOMS_", &env, &serde_json::to_value(&settings).unwrap());
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_as_a_non_root_user() {
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(dockerfile.contains("AS loms") && dockerfile.contains("AS notifier"));
+    assert!(dockerfile.contains("USER app"));
+    assert!(read(".dockerignore").lines().any(|l| l == "target"));
+}
