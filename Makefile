@@ -2,13 +2,13 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: run test lint stack-up stack-down stack-status build release up down
+.PHONY: run test lint stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
 
 build:
 	cargo build --workspace
 
 release:
-	cargo build --workspace --release
+	cargo build --workspace --release --bins --examples
 
 # The whole system as plain processes: the stack, loms, three notifiers. Ctrl-C stops all of it.
 run: release
@@ -39,3 +39,18 @@ up:
 
 down:
 	docker compose -f deploy/docker-compose.yml down
+
+# Figures of the real system on a private stack: target/bench/results.json.
+bench: release
+	deploy/local/with-stack.sh target/release/examples/bench
+
+bench-quick: release
+	deploy/local/with-stack.sh target/release/examples/bench --quick
+
+# Faults injected into a private stack under load: target/chaos/report.json; fails if anything
+# was lost, reordered or invented.
+chaos: release
+	deploy/local/with-stack.sh target/release/examples/chaos
+
+chaos-quick: release
+	deploy/local/with-stack.sh target/release/examples/chaos --quick

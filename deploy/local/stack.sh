@@ -3,7 +3,7 @@
 # broker from Maven Central jars, with the topics created by deploy/kafka-init.sh (the same step
 # the compose file runs).
 #
-#   stack.sh up | down | status | env | kafka-stop | kafka-start | pg-stop | pg-start
+#   stack.sh up | down | status | env | kafka-stop | kafka-start | pg-stop | pg-start | init
 #
 #   STACK_DIR              state folder (default /tmp/loms-stack)
 #   PG_PORT                PostgreSQL port (default 5432)
@@ -169,14 +169,19 @@ PROPS
   echo $! >"$kafka_dir/kafka.pid"
   # A metadata round trip, not an open port, says the broker works: kafka-init waits for a
   # topic listing before it creates anything.
-  KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-90} \
-    KAFKA_TOPICS_CMD="java -Xmx256m -Dlog4j2.configurationFile=$kafka_dir/tools-log4j2.properties -cp $libs/* org.apache.kafka.tools.TopicCommand" \
-    "$here/../kafka-init.sh" >"$kafka_dir/init.log" 2>&1 || {
+  INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-90} kafka_init >"$kafka_dir/init.log" 2>&1 || {
     kafka_running || fail_with_log "the Kafka broker exited" "$kafka_dir/logs/server.log"
     cat "$kafka_dir/init.log" >&2
     fail_with_log "the Kafka broker is not ready" "$kafka_dir/logs/server.log"
   }
   log "Kafka up on 127.0.0.1:$KAFKA_PORT; $(tr '\n' ' ' <"$kafka_dir/init.log")"
+}
+
+# deploy/kafka-init.sh, the compose file's init step, with the tools of the cached jars.
+kafka_init() {
+  KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT \
+    KAFKA_TOPICS_CMD="java -Xmx256m -Dlog4j2.configurationFile=$kafka_dir/tools-log4j2.properties -cp $libs/* org.apache.kafka.tools.TopicCommand" \
+    "$here/../kafka-init.sh"
 }
 
 kafka_stop() {
@@ -224,8 +229,9 @@ case "${1:-}" in
   pg-stop) pg_stop ;;
   pg-start) pg_start ;;
   fetch) fetch_kafka ;;
+  init) kafka_init ;;
   *)
-    echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|pg-stop|pg-start|fetch" >&2
+    echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|pg-stop|pg-start|fetch|init" >&2
     exit 2
     ;;
 esac

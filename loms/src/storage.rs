@@ -49,46 +49,59 @@ impl Storage {
         &self.pool
     }
 
+    /// One statement locks the stock rows (in sku order), decides, reserves all or nothing, and
+    /// stores the order with its outcome and items; a second writes both events. Inside one
+    /// transaction the order is `new` and then `awaiting payment` or `failed`, as its events say;
+    /// no other transaction can see the order before both are written. Four round trips in all.
     pub async fn create_order(&self, order: &NewOrder) -> Result<Created, ServiceError> {
         let (skus, counts) = columns(&order.lines);
         let mut tx = self.pool.begin().await?;
-        let (order_id,): (i64,) = sqlx::query_as(
-            "INSERT INTO orders (user_id, status, event_seq) VALUES ($1, 'new', 2) RETURNING id",
-        )
-        .bind(order.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO order_items (order_id, sku, count) SELECT $1, * FROM unnest($2::bigint[], $3::bigint[])")
-            .bind(order_id)
-            .bind(&skus)
-            .bind(&counts)
-            .execute(&mut *tx)
-            .await?;
-
-        let available: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT sku, total_count - reserved FROM stocks WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-        )
-        .bind(&skus)
-        .fetch_all(&mut *tx)
-        .await?;
-        let failure = shortage(&order.lines, &available);
-        if failure.is_none() {
-            sqlx::query(
-                "UPDATE stocks s SET reserved = s.reserved + u.count
-                 FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
+        let (order_id, reserved, locked_skus, available): (i64, bool, Vec<i64>, Vec<i64>) =
+            sqlx::query_as(
+                "WITH req AS (
+                 SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
+             ), locked AS (
+                 SELECT sku, total_count - reserved AS available FROM stocks
+                 WHERE sku = ANY($2) ORDER BY sku FOR UPDATE
+             ), verdict AS (
+                 SELECT NOT EXISTS (
+                     SELECT 1 FROM req LEFT JOIN locked l USING (sku)
+                     WHERE l.available IS NULL OR l.available < req.count
+                 ) AS ok
+             ), reserve AS (
+                 UPDATE stocks s SET reserved = s.reserved + req.count
+                 FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
+             ), new_order AS (
+                 INSERT INTO orders (user_id, status, event_seq)
+                 SELECT $1, CASE WHEN ok THEN 'awaiting payment' ELSE 'failed' END, 2 FROM verdict
+                 RETURNING id
+             ), items AS (
+                 INSERT INTO order_items (order_id, sku, count)
+                 SELECT new_order.id, req.sku, req.count FROM new_order, req
+             )
+             SELECT new_order.id, verdict.ok,
+                    COALESCE((SELECT array_agg(sku ORDER BY sku) FROM locked), '{}'),
+                    COALESCE((SELECT array_agg(available ORDER BY sku) FROM locked), '{}')
+             FROM new_order, verdict",
             )
+            .bind(order.user_id)
             .bind(&skus)
             .bind(&counts)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+        let available: Vec<(i64, i64)> = locked_skus.into_iter().zip(available).collect();
+        let failure = shortage(&order.lines, &available);
+        if reserved != failure.is_none() {
+            // The database and this check disagree: store nothing rather than a wrong order.
+            return Err(ServiceError::Internal(anyhow::anyhow!(
+                "reservation verdict {reserved} but shortage {failure:?} for order {order_id}"
+            )));
         }
-        let status = if failure.is_some() {
-            Status::Failed
-        } else {
+        let status = if reserved {
             Status::AwaitingPayment
+        } else {
+            Status::Failed
         };
-        set_status(&mut tx, order_id, status).await?;
-
         let change = |status, previous, sequence, reason| Change {
             order_id,
             user_id: order.user_id,
@@ -262,19 +275,6 @@ fn parse_status(s: &str) -> Result<Status, ServiceError> {
             "unknown order status {s:?} in the database"
         ))
     })
-}
-
-async fn set_status(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: i64,
-    status: Status,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(order_id)
-        .bind(status.as_str())
-        .execute(&mut **tx)
-        .await
-        .map(drop)
 }
 
 async fn lines<'e>(

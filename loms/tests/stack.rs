@@ -77,3 +77,42 @@ async fn order_events_topic_has_two_partitions_and_carries_messages() {
     assert_eq!(probe.payload, marker.as_bytes());
     assert!(probe.offset >= before[probe.partition as usize].1);
 }
+
+/// `deploy/kafka-init.sh`, run by the stack as by the compose file: idempotent, and a topic of
+/// another partition count is an error rather than a silent pass.
+#[tokio::test]
+async fn kafka_init_is_idempotent_and_refuses_a_wrong_partition_count() {
+    let init = |topic: &str| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/stack.sh");
+        std::process::Command::new("bash")
+            .args([script, "init"])
+            .env("ORDER_EVENTS_TOPIC", topic)
+            .env("DLQ_TOPIC", format!("{topic}.dlq"))
+            .output()
+            .expect("run kafka-init")
+    };
+    let partitions = |topic: &str| {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka::brokers())
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        metadata.topics()[0].partitions().len()
+    };
+    let fresh = format!("init-test.{}", uuid::Uuid::now_v7().simple());
+    for _ in 0..2 {
+        let out = init(&fresh);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(partitions(&fresh), 2);
+    }
+    let wrong = kafka::fresh_topic("init-test.wrong", 3).await;
+    let out = init(&wrong);
+    assert!(!out.status.success(), "a 3-partition topic passed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has 3 partitions, expected 2"));
+}
