@@ -510,9 +510,12 @@ async fn malformed_requests(count: usize) -> Value {
     ];
     for i in 0..count {
         let r = next();
+        // The server refuses a body over its limit without reading it all; the client may then
+        // see the connection close before its upload ends: refused, not an error of the server.
+        let oversize = i % 4 == 0 && r % 7 == 0;
         let outcome = match i % 4 {
             0 => {
-                let body = if r % 7 == 0 {
+                let body = if oversize {
                     "x".repeat(200_000 + (r % 1000) as usize)
                 } else {
                     bodies[r as usize % bodies.len()].to_string()
@@ -570,6 +573,7 @@ async fn malformed_requests(count: usize) -> Value {
         };
         match outcome {
             Ok(status) if status < 500 || status == 503 => ok += 1,
+            Err(e) if oversize && (e.is_request() || e.is_body()) => ok += 1,
             other => {
                 bad += 1;
                 if examples.len() < 5 {

@@ -51,25 +51,41 @@ pub fn router(
 }
 
 /// An error reply: `{"code", "message", "details"}` with the HTTP status of the gRPC code.
-struct ApiError(tonic::Code, String);
+struct ApiError(tonic::Code, String, Connection);
+
+/// Whether the connection may serve another request after this reply.
+#[derive(PartialEq)]
+enum Connection {
+    KeepAlive,
+    /// The request body was refused unread: what is left of it would be taken for the next
+    /// request, so the client is told not to reuse the connection.
+    Close,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let ApiError(code, message) = self;
+        let ApiError(code, message, connection) = self;
         let status =
             StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "code": code as i32, "message": message, "details": [] });
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if connection == Connection::Close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 
 fn invalid(message: String) -> ApiError {
-    ApiError(tonic::Code::InvalidArgument, message)
+    ApiError(tonic::Code::InvalidArgument, message, Connection::KeepAlive)
 }
 
 fn reply<T: Serialize>(result: Result<tonic::Response<T>, tonic::Status>) -> Response {
@@ -79,10 +95,16 @@ fn reply<T: Serialize>(result: Result<tonic::Response<T>, tonic::Status>) -> Res
             Err(e) => ApiError(
                 tonic::Code::Internal,
                 format!("response not encodable: {e}"),
+                Connection::KeepAlive,
             )
             .into_response(),
         },
-        Err(status) => ApiError(status.code(), status.message().to_string()).into_response(),
+        Err(status) => ApiError(
+            status.code(),
+            status.message().to_string(),
+            Connection::KeepAlive,
+        )
+        .into_response(),
     }
 }
 
@@ -92,7 +114,13 @@ type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejecti
 /// A JSON body in the Protobuf JSON mapping. The body limit's rejection is turned into the
 /// contract's error shape as well.
 fn parse_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let body = body.map_err(|e| invalid(format!("request body not readable: {e}")))?;
+    let body = body.map_err(|e| {
+        ApiError(
+            tonic::Code::InvalidArgument,
+            format!("request body not readable: {e}"),
+            Connection::Close,
+        )
+    })?;
     serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid request body: {e}")))
 }
 
@@ -160,12 +188,21 @@ async fn metrics_text(State(g): State<Gateway>) -> Response {
 }
 
 async fn not_found() -> Response {
-    ApiError(tonic::Code::NotFound, "Not Found".into()).into_response()
+    ApiError(
+        tonic::Code::NotFound,
+        "Not Found".into(),
+        Connection::KeepAlive,
+    )
+    .into_response()
 }
 
 async fn method_not_allowed() -> Response {
-    let mut resp =
-        ApiError(tonic::Code::Unimplemented, "Method Not Allowed".into()).into_response();
+    let mut resp = ApiError(
+        tonic::Code::Unimplemented,
+        "Method Not Allowed".into(),
+        Connection::KeepAlive,
+    )
+    .into_response();
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp
 }

@@ -52,7 +52,8 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
         // Java-compatible hashing of the key, so any Kafka client agrees on the partition.
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-        .set("linger.ms", "5")
+        // The relay hands over whole batches already; a long linger would only add latency.
+        .set("linger.ms", "1")
         .set("queue.buffering.max.messages", "1000000");
     for (key, value) in &kafka.properties {
         config.set(key, value);
