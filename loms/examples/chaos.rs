@@ -88,7 +88,7 @@ async fn support_dlq(topic: &str) {
         .await;
 }
 
-/// Drives ~200 operations per second against `addresses` (shared, so a scenario can swap
+/// Drives ~200 orders per second (each created, then paid or cancelled) against `addresses` (shared, so a scenario can swap
 /// replicas) until `stop`: each order is created, then paid or cancelled.
 fn workload(
     addresses: Arc<Mutex<Vec<String>>>,
@@ -96,7 +96,7 @@ fn workload(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
         let mut i: u64 = 0;
         let mut tasks = Vec::new();
         while !stop.load(Ordering::Relaxed) {
