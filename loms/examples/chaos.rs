@@ -88,8 +88,8 @@ async fn support_dlq(topic: &str) {
         .await;
 }
 
-/// Drives ~200 orders per second (each created, then paid or cancelled) against `addresses` (shared, so a scenario can swap
-/// replicas) until `stop`: each order is created, then paid or cancelled.
+/// Drives ~200 orders per second against `addresses` (shared, so a scenario can swap replicas)
+/// until `stop`: each order is created, then paid or cancelled.
 fn workload(
     addresses: Arc<Mutex<Vec<String>>>,
     tally: Arc<Tally>,

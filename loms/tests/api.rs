@@ -477,7 +477,11 @@ async fn json_mapping_of_the_gateway() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 400, "a body over the limit is refused");
-    assert_eq!(reply.headers()["connection"], "close", "its unread rest must not be taken for a request");
+    assert_eq!(
+        reply.headers()["connection"],
+        "close",
+        "its unread rest must not be taken for a request"
+    );
     let reply = client
         .get(app.url("/order/info?orderId=abc"))
         .send()
