@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 use support::{
-    create_topic, env, fresh_database, stack, start_notifier, target_dir, Loms, Proc,
+    create_topic, env, fresh_database, relay_leader, stack, start_notifier, target_dir, Loms, Proc,
     FIRST_BENCH_SKU,
 };
 use tonic::Code;
@@ -660,13 +660,7 @@ async fn main() {
                         (r.loms[0].http.clone(), r.loms[1].http.clone())
                     };
                     for (i, http) in [a, b].into_iter().enumerate() {
-                        let text = reqwest::get(format!("http://{http}/metrics"))
-                            .await
-                            .unwrap()
-                            .text()
-                            .await
-                            .unwrap();
-                        if text.contains("\nloms_relay_leader 1") {
+                        if relay_leader(&http).await {
                             found = Some(i);
                         }
                     }

@@ -25,6 +25,14 @@ async fn migrated_pool(url: &str) -> sqlx::PgPool {
     pool
 }
 
+async fn wait_for_empty_outbox(pool: &sqlx::PgPool) {
+    wait_until("the outbox is empty", Duration::from_secs(120), || {
+        let pool = pool.clone();
+        async move { outbox_rows(&pool).await == 0 }
+    })
+    .await;
+}
+
 async fn outbox_rows(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM outbox")
         .fetch_one(pool)
@@ -205,11 +213,7 @@ async fn sigkill_while_draining_loses_nothing() {
     );
 
     let second = LomsProcess::start(&db, &topic, &[]).await;
-    wait_until("the outbox is empty", Duration::from_secs(120), || {
-        let pool = pool.clone();
-        async move { outbox_rows(&pool).await == 0 }
-    })
-    .await;
+    wait_for_empty_outbox(&pool).await;
     let messages = kafka::consume_all(&topic).await;
     let (orders, duplicates) = by_order(&messages);
     println!(
@@ -298,11 +302,7 @@ async fn two_replicas_one_relay_and_a_takeover() {
         || follower.is_relay_leader(),
     )
     .await;
-    wait_until("the outbox is empty", Duration::from_secs(120), || {
-        let pool = pool.clone();
-        async move { outbox_rows(&pool).await == 0 }
-    })
-    .await;
+    wait_for_empty_outbox(&pool).await;
 
     let messages = kafka::consume_all(&topic).await;
     let (orders, duplicates) = by_order(&messages);

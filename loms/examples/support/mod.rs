@@ -184,17 +184,6 @@ impl Loms {
         }
         Self { proc, grpc, http }
     }
-
-    pub async fn is_relay_leader(&self) -> bool {
-        match reqwest::get(format!("http://{}/metrics", self.http)).await {
-            Ok(reply) => reply
-                .text()
-                .await
-                .unwrap_or_default()
-                .contains("\nloms_relay_leader 1"),
-            Err(_) => false,
-        }
-    }
 }
 
 /// Starts a release notifier logging JSON lines to `log`.
@@ -221,4 +210,16 @@ pub fn start_notifier(topic: &str, group: &str, log: &Path, metrics: Option<&str
         cmd.args(["--metrics-addr", addr]);
     }
     Proc(cmd.spawn().expect("start notifier"))
+}
+
+/// Whether the loms serving HTTP on `http` holds the relay lock, from its metrics.
+pub async fn relay_leader(http: &str) -> bool {
+    match reqwest::get(format!("http://{http}/metrics")).await {
+        Ok(reply) => reply
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("\nloms_relay_leader 1"),
+        Err(_) => false,
+    }
 }
