@@ -619,7 +619,7 @@ async fn main() {
         scenario("loms_kill", 1, secs, |run, _| async move {
             for _ in 0..5 {
                 pause(if quick { 2 } else { 5 }).await;
-                run.lock().unwrap().loms[0].proc.signal("KILL");
+                run.lock().unwrap().loms[0].proc.kill_now();
                 restart_loms(&run, 0).await;
             }
         })
@@ -631,7 +631,7 @@ async fn main() {
                 pause(if quick { 2 } else { 5 }).await;
                 let mut r = run.lock().unwrap();
                 let i = k % 2;
-                r.notifiers[i].signal("KILL");
+                r.notifiers[i].kill_now();
                 let log = r.dir.join(format!("notifier-{i}.log"));
                 let fresh = start_notifier(&r.topic, &r.group, &log, None);
                 let old = std::mem::replace(&mut r.notifiers[i], fresh);
@@ -673,7 +673,7 @@ async fn main() {
             };
             let survivor = run.lock().unwrap().loms[1 - leader].grpc.clone();
             *addresses.lock().unwrap() = vec![survivor];
-            run.lock().unwrap().loms[leader].proc.signal("KILL");
+            run.lock().unwrap().loms[leader].proc.kill_now();
         })
         .await,
     );

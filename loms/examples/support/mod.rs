@@ -72,11 +72,10 @@ impl Proc {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.0.id().to_string())
-            .status();
+    /// SIGKILL, and wait until the process is gone (and its ports free).
+    pub fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 
     pub fn alive(&mut self) -> bool {
