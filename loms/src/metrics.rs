@@ -49,10 +49,6 @@ impl Metrics {
         self.inner.events_published.load(Ordering::Relaxed)
     }
 
-    pub fn is_leader(&self) -> bool {
-        self.inner.relay_leader.load(Ordering::Relaxed) == 1
-    }
-
     pub async fn render(&self, pool: &PgPool) -> String {
         let mut out = String::new();
         out.push_str("# HELP loms_requests_total Requests handled, by method and gRPC code.\n# TYPE loms_requests_total counter\n");

@@ -45,10 +45,6 @@ impl Storage {
         Self { pool, outbox }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// One statement locks the stock rows (in sku order), decides, reserves all or nothing, and
     /// stores the order with its outcome and items; a second writes both events. Inside one
     /// transaction the order is `new` and then `awaiting payment` or `failed`, as its events say;
