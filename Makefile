@@ -2,13 +2,17 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: run test lint stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
+.PHONY: setup run test lint stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
 
-build:
+# What the stack and the build need, installed when this machine lacks it (see the script).
+setup:
+	deploy/local/setup.sh
+
+build: setup
 	cargo build --workspace
 
-release:
-	cargo build --workspace --release --bins --examples
+release: setup
+	cargo build --workspace --release --bins
 
 # The whole system as plain processes: the stack, loms, three notifiers. Ctrl-C stops all of it.
 run: release
@@ -16,7 +20,7 @@ run: release
 
 # A stack of its own on free ports (unless DATABASE_URL and KAFKA_BROKERS name one), the whole
 # test suite against it, and the stack stopped afterwards, even on failure.
-test:
+test: setup
 	cargo build --workspace --all-targets
 	deploy/local/with-stack.sh cargo test --workspace --no-fail-fast
 
@@ -42,15 +46,15 @@ down:
 
 # Figures of the real system on a private stack: target/bench/results.json.
 bench: release
-	deploy/local/with-stack.sh target/release/examples/bench
+	deploy/local/with-stack.sh target/release/bench
 
 bench-quick: release
-	deploy/local/with-stack.sh target/release/examples/bench --quick
+	deploy/local/with-stack.sh target/release/bench --quick
 
 # Faults injected into a private stack under load: target/chaos/report.json; fails if anything
 # was lost, reordered or invented.
 chaos: release
-	deploy/local/with-stack.sh target/release/examples/chaos
+	deploy/local/with-stack.sh target/release/chaos
 
 chaos-quick: release
-	deploy/local/with-stack.sh target/release/examples/chaos --quick
+	deploy/local/with-stack.sh target/release/chaos --quick

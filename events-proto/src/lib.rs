@@ -25,15 +25,6 @@ pub mod headers {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/events_descriptor.bin"));
 
-/// Order statuses, spelled as the API and the events spell them.
-pub mod status {
-    pub const NEW: &str = "new";
-    pub const AWAITING_PAYMENT: &str = "awaiting payment";
-    pub const FAILED: &str = "failed";
-    pub const PAYED: &str = "payed";
-    pub const CANCELLED: &str = "cancelled";
-}
-
 impl OrderEvent {
     pub fn encode_to_bytes(&self) -> Vec<u8> {
         prost::Message::encode_to_vec(self)
@@ -77,14 +68,14 @@ mod tests {
         OrderEvent {
             event_id: "0190c1c2-0000-7000-8000-000000000001".into(),
             order_id: 42,
-            status: status::AWAITING_PAYMENT.into(),
+            status: "second".into(),
             occurred_at: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
                 nanos: 5,
             }),
             metadata: [("rpc".to_string(), "OrderCreate".to_string())].into(),
             user_id: 7,
-            previous_status: status::NEW.into(),
+            previous_status: "first".into(),
             sequence: 2,
             items: vec![Item { sku: 1, count: 3 }],
         }

@@ -1,11 +1,12 @@
 //! Layered configuration: defaults in code < a TOML file (`--config`) < environment variables
 //! (`LOMS_`, nested keys joined by `__`, e.g. `LOMS_DATABASE__URL`) < command-line flags.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use service_runtime::kafka::Properties;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -24,29 +25,19 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DatabaseSettings {
-    pub url: String,
+    /// May carry a password: never printed.
+    #[serde(serialize_with = "service_runtime::secret::serialize")]
+    pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Server-side limit of one statement, so that no request hangs on a lock forever.
     pub statement_timeout_ms: u64,
 }
 
-// The URL may carry a password: never print it.
-impl std::fmt::Debug for DatabaseSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSettings")
-            .field("url", &redact_url(&self.url))
-            .field("max_connections", &self.max_connections)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
-            .field("statement_timeout_ms", &self.statement_timeout_ms)
-            .finish()
-    }
-}
-
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -55,20 +46,8 @@ pub struct KafkaSettings {
     /// How long the producer retries one message before reporting a delivery error.
     pub message_timeout_ms: u64,
     /// Extra librdkafka properties (SASL, TLS, tuning), passed through as they are.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<&String> = self.properties.keys().collect();
-        f.debug_struct("KafkaSettings")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("client_id", &self.client_id)
-            .field("message_timeout_ms", &self.message_timeout_ms)
-            .field("properties (values hidden)", &keys)
-            .finish()
-    }
+    #[serde(serialize_with = "service_runtime::secret::serialize_map")]
+    pub properties: Properties,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -111,7 +90,7 @@ impl Default for Settings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
-            url: "postgres://postgres@127.0.0.1:5432/loms".into(),
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/loms"),
             max_connections: 32,
             acquire_timeout_ms: 3_000,
             statement_timeout_ms: 10_000,
@@ -126,7 +105,7 @@ impl Default for KafkaSettings {
             topic: events_proto::TOPIC.into(),
             client_id: "loms".into(),
             message_timeout_ms: 10_000,
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
         }
     }
 }
@@ -235,28 +214,10 @@ fn default_instance_id() -> String {
         .unwrap_or_else(|| format!("loms-{}", std::process::id()))
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
         Some(
@@ -294,7 +255,10 @@ mod tests {
         assert_eq!(s.http_addr, "127.0.0.1:4", "environment beats file");
         assert_eq!(s.relay.batch_size, 7, "file beats default");
         assert_eq!(s.database.max_connections, 5);
-        assert_eq!(s.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(
+            s.kafka.properties["security.protocol"].expose_secret(),
+            "SASL_SSL"
+        );
         assert_eq!(s.kafka.topic, "loms.order-events", "default");
     }
 
@@ -306,10 +270,12 @@ mod tests {
             .properties
             .insert("sasl.password".into(), "hunter3".into());
         let printed = format!("{s:?}");
-        assert!(
-            !printed.contains("hunter2") && !printed.contains("hunter3"),
-            "{printed}"
-        );
-        assert!(printed.contains("postgres://loms:***@db:5432/loms"));
+        let serialized = serde_json::to_string(&s).unwrap();
+        for shown in [printed, serialized] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hunter3"),
+                "{shown}"
+            );
+        }
     }
 }

@@ -1,13 +1,17 @@
-//! Order statuses and the validation every request passes, gRPC and HTTP alike, before any
-//! storage is touched.
+//! The rules of an order, in one place: its status (text form, parsing, database mapping), the
+//! transitions between statuses with what each does to the stock, and the validation every
+//! request passes, gRPC and HTTP alike, before any storage is touched.
 
 use std::collections::BTreeMap;
 
-use events_proto::status as names;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
 
-use crate::error::ServiceError;
+use crate::error::Error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The status of an order. Its text form is the contract's, in the API, the events and the
+/// database (where the migration's CHECK lists the same five).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     New,
     AwaitingPayment,
@@ -17,27 +21,136 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 5] = [
+        Self::New,
+        Self::AwaitingPayment,
+        Self::Failed,
+        Self::Payed,
+        Self::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::New => names::NEW,
-            Self::AwaitingPayment => names::AWAITING_PAYMENT,
-            Self::Failed => names::FAILED,
-            Self::Payed => names::PAYED,
-            Self::Cancelled => names::CANCELLED,
+            Self::New => "new",
+            Self::AwaitingPayment => "awaiting payment",
+            Self::Failed => "failed",
+            Self::Payed => "payed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::New,
-            Self::AwaitingPayment,
-            Self::Failed,
-            Self::Payed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
+
+    /// The status OrderCreate leaves an order in, after `new`.
+    pub fn created(reserved: bool) -> Self {
+        if reserved {
+            Self::AwaitingPayment
+        } else {
+            Self::Failed
+        }
+    }
+
+    /// The statuses an order passes through, in order, to reach `self` (its event history).
+    pub fn history(self) -> &'static [Status] {
+        use Status::*;
+        match self {
+            New => &[New],
+            AwaitingPayment => &[New, AwaitingPayment],
+            Failed => &[New, Failed],
+            Payed => &[New, AwaitingPayment, Payed],
+            Cancelled => &[New, AwaitingPayment, Cancelled],
+        }
+    }
+
+    /// What `action` does to an order in this status.
+    pub fn apply(self, action: Action) -> Result<Transition, Refused> {
+        use Status::*;
+        match (action, self) {
+            (Action::Pay, AwaitingPayment) => Ok(Transition::To(Payed, StockEffect::WriteOff)),
+            (Action::Pay, Payed) => Ok(Transition::Unchanged),
+            (Action::Cancel, AwaitingPayment) => {
+                Ok(Transition::To(Cancelled, StockEffect::Release))
+            }
+            // Nothing was reserved yet.
+            (Action::Cancel, New) => Ok(Transition::To(Cancelled, StockEffect::Nothing)),
+            (Action::Cancel, Cancelled) => Ok(Transition::Unchanged),
+            _ => Err(Refused),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stored as its text form.
+impl Type<Postgres> for Status {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Postgres> for Status {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl Decode<'_, Postgres> for Status {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as Decode<Postgres>>::decode(value)?;
+        Self::parse(text).ok_or_else(|| format!("unknown order status {text:?}").into())
+    }
+}
+
+/// A change a client asks of an existing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pay,
+    Cancel,
+}
+
+impl Action {
+    /// Why an order in the wrong status refuses this action.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Self::Pay => "only an order awaiting payment can be paid",
+            Self::Cancel => "only a new order or one awaiting payment can be cancelled",
+        }
+    }
+}
+
+/// The status does not allow the action.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused;
+
+/// The outcome of an action allowed in the order's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Already done: nothing changes and no event is written.
+    Unchanged,
+    To(Status, StockEffect),
+}
+
+/// What a transition does to the stock of the order's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockEffect {
+    Nothing,
+    /// The reservation is given back.
+    Release,
+    /// The reserved units leave the stock.
+    WriteOff,
 }
 
 /// One sku of an order, counts of duplicate skus summed.
@@ -54,26 +167,26 @@ pub struct NewOrder {
     pub lines: Vec<Line>,
 }
 
-pub fn positive_id(field: &str, value: i64) -> Result<i64, ServiceError> {
+pub fn positive_id(field: &str, value: i64) -> Result<i64, Error> {
     if value > 0 {
         Ok(value)
     } else {
-        Err(ServiceError::invalid(format!(
+        Err(Error::invalid(format!(
             "{field} must be greater than 0, got {value}"
         )))
     }
 }
 
-pub fn new_order(request: &api::loms::OrderCreateRequest) -> Result<NewOrder, ServiceError> {
+pub fn new_order(request: &api::loms::OrderCreateRequest) -> Result<NewOrder, Error> {
     let user_id = positive_id("user_id", request.user_id)?;
     if request.items.is_empty() {
-        return Err(ServiceError::invalid("items must not be empty"));
+        return Err(Error::invalid("items must not be empty"));
     }
     let mut by_sku: BTreeMap<i64, i64> = BTreeMap::new();
     for (i, item) in request.items.iter().enumerate() {
         positive_id(&format!("items[{i}].sku"), item.sku)?;
         if item.count == 0 {
-            return Err(ServiceError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "items[{i}].count must be greater than 0, got 0"
             )));
         }
@@ -81,7 +194,7 @@ pub fn new_order(request: &api::loms::OrderCreateRequest) -> Result<NewOrder, Se
     }
     // The summed count of a sku must still fit the API's uint32 count.
     if let Some((sku, count)) = by_sku.iter().find(|(_, c)| **c > i64::from(u32::MAX)) {
-        return Err(ServiceError::invalid(format!(
+        return Err(Error::invalid(format!(
             "items: total count {count} of sku {sku} exceeds {}",
             u32::MAX
         )));
@@ -110,9 +223,9 @@ mod tests {
         }
     }
 
-    fn message(r: Result<NewOrder, ServiceError>) -> String {
+    fn message(r: Result<NewOrder, Error>) -> String {
         match r {
-            Err(ServiceError::InvalidArgument(m)) => m,
+            Err(Error::Invalid(m)) => m,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
@@ -141,5 +254,39 @@ mod tests {
             assert_eq!(Status::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(Status::parse("paid"), None);
+    }
+
+    #[test]
+    fn transitions() {
+        use Status::*;
+        let to = |s, e| Ok(Transition::To(s, e));
+        assert_eq!(
+            AwaitingPayment.apply(Action::Pay),
+            to(Payed, StockEffect::WriteOff)
+        );
+        assert_eq!(Payed.apply(Action::Pay), Ok(Transition::Unchanged));
+        for refused in [New, Failed, Cancelled] {
+            assert_eq!(refused.apply(Action::Pay), Err(Refused));
+        }
+        assert_eq!(
+            AwaitingPayment.apply(Action::Cancel),
+            to(Cancelled, StockEffect::Release)
+        );
+        assert_eq!(
+            New.apply(Action::Cancel),
+            to(Cancelled, StockEffect::Nothing)
+        );
+        assert_eq!(Cancelled.apply(Action::Cancel), Ok(Transition::Unchanged));
+        for refused in [Failed, Payed] {
+            assert_eq!(refused.apply(Action::Cancel), Err(Refused));
+        }
+        assert_eq!(Status::created(true), AwaitingPayment);
+        assert_eq!(Status::created(false), Failed);
+        // Every history ends in its status and follows allowed transitions from `new`.
+        for status in Status::ALL {
+            let history = status.history();
+            assert_eq!(history.first(), Some(&New));
+            assert_eq!(history.last(), Some(&status));
+        }
     }
 }

@@ -1,15 +1,27 @@
-//! Errors at the edge of the service, mapped once to gRPC codes (and from those to HTTP).
+//! The errors of loms, in the terms of the domain. They are mapped to gRPC codes once, at the
+//! service edge (`service.rs`); storage and the domain never see a transport.
 
-use tonic::Code;
+use crate::domain::{Action, Status};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub enum Error {
+    /// A request that fails validation; the message names the field.
     #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
+    Invalid(String),
+    #[error("order {0} not found")]
+    OrderNotFound(i64),
+    #[error("sku {0} not found")]
+    SkuNotFound(i64),
+    /// The order's status does not allow the transition.
+    #[error("order {order_id} is {status}, {}", action.refusal())]
+    WrongStatus {
+        order_id: i64,
+        status: Status,
+        action: Action,
+    },
+    /// The order was stored as `failed`: the stock could not cover it.
+    #[error("order {order_id} failed: not enough stock: {shortage}")]
+    NotEnoughStock { order_id: i64, shortage: String },
     /// The database cannot be reached now; the client may retry.
     #[error("storage unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -17,13 +29,13 @@ pub enum ServiceError {
     Internal(#[source] anyhow::Error),
 }
 
-impl ServiceError {
+impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidArgument(message.into())
+        Self::Invalid(message.into())
     }
 }
 
-impl From<sqlx::Error> for ServiceError {
+impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         let transient = match &e {
             sqlx::Error::Io(_)
@@ -44,60 +56,28 @@ impl From<sqlx::Error> for ServiceError {
     }
 }
 
-impl From<ServiceError> for tonic::Status {
-    fn from(e: ServiceError) -> Self {
-        // Internal details (SQL, addresses) go to the log, never to the client.
-        match e {
-            ServiceError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            ServiceError::NotFound(m) => tonic::Status::not_found(m),
-            ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            ServiceError::Unavailable(source) => {
-                tracing::warn!(error = %source, "storage unavailable");
-                tonic::Status::unavailable("storage unavailable, retry later")
-            }
-            ServiceError::Internal(source) => {
-                tracing::error!(error = format!("{source:#}"), "internal error");
-                tonic::Status::internal("internal error")
-            }
-        }
-    }
-}
-
-/// HTTP status of a gRPC code, as grpc-gateway maps them.
-pub fn http_status(code: Code) -> u16 {
-    match code {
-        Code::Ok => 200,
-        Code::Cancelled => 499,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
-        Code::DeadlineExceeded => 504,
-        Code::NotFound => 404,
-        Code::AlreadyExists | Code::Aborted => 409,
-        Code::PermissionDenied => 403,
-        Code::Unauthenticated => 401,
-        Code::ResourceExhausted => 429,
-        Code::Unimplemented => 501,
-        Code::Unavailable => 503,
-        Code::Unknown | Code::Internal | Code::DataLoss => 500,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn contract_codes() {
+    fn messages_say_what_the_client_can_do_about_it() {
+        let pay = Error::WrongStatus {
+            order_id: 7,
+            status: Status::Cancelled,
+            action: Action::Pay,
+        };
         assert_eq!(
-            tonic::Status::from(ServiceError::invalid("x")).code(),
-            Code::InvalidArgument
+            pay.to_string(),
+            "order 7 is cancelled, only an order awaiting payment can be paid"
         );
-        assert_eq!(http_status(Code::InvalidArgument), 400);
-        assert_eq!(http_status(Code::FailedPrecondition), 400);
-        assert_eq!(http_status(Code::NotFound), 404);
-        assert_eq!(http_status(Code::Internal), 500);
-        assert_eq!(http_status(Code::Unavailable), 503);
-        let status = tonic::Status::from(ServiceError::from(sqlx::Error::PoolTimedOut));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(!status.message().contains("pool"));
+        assert!(matches!(
+            Error::from(sqlx::Error::PoolTimedOut),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::from(sqlx::Error::RowNotFound),
+            Error::Internal(_)
+        ));
     }
 }

@@ -16,7 +16,6 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::http_status;
 use crate::metrics::Metrics;
 use crate::service::LomsService;
 
@@ -181,7 +180,7 @@ async fn stock_info(State(g): State<Gateway>, query: QueryParams) -> Response {
 
 async fn metrics_text(State(g): State<Gateway>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, service_runtime::metrics::CONTENT_TYPE)],
         g.metrics.render(&g.pool).await,
     )
         .into_response()
@@ -205,4 +204,38 @@ async fn method_not_allowed() -> Response {
     .into_response();
     *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     resp
+}
+
+/// HTTP status of a gRPC code, as grpc-gateway maps them.
+pub fn http_status(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::Unauthenticated => 401,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn grpc_gateway_statuses() {
+        assert_eq!(http_status(Code::InvalidArgument), 400);
+        assert_eq!(http_status(Code::FailedPrecondition), 400);
+        assert_eq!(http_status(Code::NotFound), 404);
+        assert_eq!(http_status(Code::Internal), 500);
+        assert_eq!(http_status(Code::Unavailable), 503);
+    }
 }

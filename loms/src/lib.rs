@@ -11,4 +11,3 @@ pub mod relay;
 pub mod service;
 pub mod startup;
 pub mod storage;
-pub mod telemetry;

@@ -24,7 +24,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.overrides, None)?;
-    loms::telemetry::init(settings.log.json, &settings.log.filter);
+    service_runtime::telemetry::init(settings.log.json, &settings.log.filter);
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
@@ -35,11 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let app = loms::startup::Application::build(settings).await?;
             let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                loms::telemetry::shutdown_signal().await;
-                signal.cancel();
-            });
+            service_runtime::shutdown::cancel_on_signal(shutdown.clone());
             app.run(shutdown).await?;
             tracing::info!("stopped");
         }

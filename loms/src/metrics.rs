@@ -1,93 +1,136 @@
-//! Counters for `GET /metrics` (Prometheus text format). Outbox backlog and age are read from the
-//! database at scrape time, so they are right whichever replica holds the relay.
+//! Metrics for `GET /metrics`, through `prometheus-client` (OpenMetrics text). The outbox backlog
+//! and age are read from the database at scrape time, so they are right whichever replica holds
+//! the relay.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: &'static str,
+}
+
+#[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    requests: Mutex<BTreeMap<(&'static str, i32), u64>>,
-    events_published: AtomicU64,
-    delivery_errors: AtomicU64,
-    relay_leader: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<MethodLabel, Histogram, fn() -> Histogram>,
+    events_published: Counter,
+    delivery_errors: Counter,
+    relay_leader: Gauge,
+    outbox_backlog: Gauge,
+    outbox_oldest_age: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration: Family<MethodLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(service_runtime::metrics::latency_histogram);
+        let (events_published, delivery_errors) = (Counter::default(), Counter::default());
+        let (relay_leader, outbox_backlog) = (Gauge::default(), Gauge::default());
+        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "loms_requests",
+            "Requests handled, by method and gRPC code.",
+            requests.clone(),
+        );
+        registry.register(
+            "loms_request_duration_seconds",
+            "Time to handle a request, by method.",
+            request_duration.clone(),
+        );
+        registry.register(
+            "loms_events_published",
+            "Order events acknowledged by Kafka.",
+            events_published.clone(),
+        );
+        registry.register(
+            "loms_relay_delivery_errors",
+            "Batches stopped by a delivery error.",
+            delivery_errors.clone(),
+        );
+        registry.register(
+            "loms_relay_leader",
+            "1 when this replica holds the relay lock.",
+            relay_leader.clone(),
+        );
+        registry.register(
+            "loms_outbox_backlog",
+            "Events waiting in the outbox.",
+            outbox_backlog.clone(),
+        );
+        registry.register(
+            "loms_outbox_oldest_age_seconds",
+            "Age of the oldest waiting event.",
+            outbox_oldest_age.clone(),
+        );
+        service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                request_duration,
+                events_published,
+                delivery_errors,
+                relay_leader,
+                outbox_backlog,
+                outbox_oldest_age,
+            }),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn request(&self, method: &'static str, code: tonic::Code) {
-        let mut requests = self
-            .inner
+    pub fn request(&self, method: &'static str, code: tonic::Code, took: Duration) {
+        let code = (code as i32).to_string();
+        self.inner
             .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *requests.entry((method, code as i32)).or_default() += 1;
+            .get_or_create(&RequestLabels { method, code })
+            .inc();
+        self.inner
+            .request_duration
+            .get_or_create(&MethodLabel { method })
+            .observe(took.as_secs_f64());
     }
 
     pub fn published(&self, n: u64) {
-        self.inner.events_published.fetch_add(n, Ordering::Relaxed);
+        self.inner.events_published.inc_by(n);
     }
 
     pub fn delivery_error(&self) {
-        self.inner.delivery_errors.fetch_add(1, Ordering::Relaxed);
+        self.inner.delivery_errors.inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.inner
-            .relay_leader
-            .store(u64::from(leader), Ordering::Relaxed);
+        self.inner.relay_leader.set(i64::from(leader));
     }
 
     pub fn events_published(&self) -> u64 {
-        self.inner.events_published.load(Ordering::Relaxed)
+        self.inner.events_published.get()
     }
 
     pub async fn render(&self, pool: &PgPool) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP loms_requests_total Requests handled, by method and gRPC code.\n# TYPE loms_requests_total counter\n");
-        for ((method, code), n) in self
-            .inner
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "loms_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
-            );
-        }
-        let counters = [
-            (
-                "loms_events_published_total",
-                "Order events acknowledged by Kafka.",
-                &self.inner.events_published,
-            ),
-            (
-                "loms_relay_delivery_errors_total",
-                "Batches stopped by a delivery error.",
-                &self.inner.delivery_errors,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP loms_relay_leader 1 when this replica holds the relay lock.\n# TYPE loms_relay_leader gauge\nloms_relay_leader {}",
-            self.inner.relay_leader.load(Ordering::Relaxed)
-        );
         let backlog: Result<(i64, f64), _> = sqlx::query_as(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox",
         )
@@ -95,14 +138,11 @@ impl Metrics {
         .await;
         match backlog {
             Ok((rows, age)) => {
-                let _ = writeln!(
-                    out,
-                    "# HELP loms_outbox_backlog Events waiting in the outbox.\n# TYPE loms_outbox_backlog gauge\nloms_outbox_backlog {rows}\n\
-                     # HELP loms_outbox_oldest_age_seconds Age of the oldest waiting event.\n# TYPE loms_outbox_oldest_age_seconds gauge\nloms_outbox_oldest_age_seconds {age}"
-                );
+                self.inner.outbox_backlog.set(rows);
+                self.inner.outbox_oldest_age.set(age);
             }
             Err(e) => tracing::warn!(error = %e, "metrics: outbox backlog not readable"),
         }
-        out
+        service_runtime::metrics::encode(&self.inner.registry)
     }
 }

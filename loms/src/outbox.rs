@@ -17,6 +17,9 @@ pub struct Outbox {
     pub written: Arc<Notify>,
 }
 
+/// Further facts the caller records with an event, in its metadata (e.g. which API call).
+pub type Facts<'a> = &'a [(&'a str, &'a str)];
+
 /// One status change of an order.
 pub struct Change<'a> {
     pub order_id: i64,
@@ -26,17 +29,19 @@ pub struct Change<'a> {
     /// Per-order number of this event: 1 for the first.
     pub sequence: i64,
     pub lines: &'a [Line],
-    pub rpc: &'static str,
+    pub facts: Facts<'a>,
     pub reason: Option<String>,
 }
 
 impl Outbox {
     pub fn event(&self, change: &Change<'_>) -> OrderEvent {
         let now = std::time::SystemTime::now();
-        let mut metadata = std::collections::HashMap::from([
-            ("rpc".to_string(), change.rpc.to_string()),
-            ("instance".to_string(), self.instance.clone()),
-        ]);
+        let mut metadata: std::collections::HashMap<String, String> = change
+            .facts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        metadata.insert("instance".into(), self.instance.clone());
         if let Some(reason) = &change.reason {
             metadata.insert("reason".into(), reason.clone());
         }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, RelaySettings};
 use crate::metrics::Metrics;
+use service_runtime::Backoff;
 
 pub struct Relay {
     pub connect: PgConnectOptions,
@@ -39,26 +40,35 @@ struct Row {
     headers: serde_json::Value,
 }
 
+/// A follower tries the leader lock at most this often, however short the poll interval.
+const FOLLOWER_POLL_MIN: Duration = Duration::from_millis(500);
+
 /// How long an unfinished batch may still take once shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// Messages the producer may hold queued: far more than a batch, so enqueueing never fails.
+const PRODUCER_QUEUE_MESSAGES: u32 = 1_000_000;
+
 pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", &kafka.client_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let defaults = [
+        ("enable.idempotence", "true".to_string()),
+        ("acks", "all".to_string()),
         // Java-compatible hashing of the key, so any Kafka client agrees on the partition.
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+        ("partitioner", "murmur2_random".to_string()),
+        ("message.timeout.ms", kafka.message_timeout_ms.to_string()),
         // The relay hands over whole batches already; a long linger would only add latency.
-        .set("linger.ms", "1")
-        .set("queue.buffering.max.messages", "1000000");
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
+        ("linger.ms", "1".to_string()),
+        (
+            "queue.buffering.max.messages",
+            PRODUCER_QUEUE_MESSAGES.to_string(),
+        ),
+    ];
+    service_runtime::kafka::client_config(
+        &kafka.brokers,
+        &kafka.client_id,
+        defaults,
+        &kafka.properties,
+    )
 }
 
 impl Relay {
@@ -67,7 +77,7 @@ impl Relay {
         let mut backoff = self.backoff();
         while !shutdown.is_cancelled() {
             match self.lead(&shutdown).await {
-                Ok(()) => backoff = self.backoff(),
+                Ok(()) => backoff.reset(),
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "relay: stopped, will retry");
                     self.metrics.set_leader(false);
@@ -94,10 +104,7 @@ impl Relay {
         let mut conn = PgConnection::connect_with(&self.connect)
             .await
             .context("relay: connecting")?;
-        let follower_poll = self
-            .settings
-            .poll_interval()
-            .max(Duration::from_millis(500));
+        let follower_poll = self.settings.poll_interval().max(FOLLOWER_POLL_MIN);
         loop {
             let (leader,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(self.settings.lock_key)
@@ -154,7 +161,7 @@ impl Relay {
                 self.metrics.published(acked.len() as u64);
             }
             match outcome.error {
-                None => backoff = self.backoff(),
+                None => backoff.reset(),
                 Some(error) => {
                     self.metrics.delivery_error();
                     let failed = &rows[outcome.acked];
@@ -263,34 +270,4 @@ async fn publish(producer: &FutureProducer, rows: &[Row], shutdown: &Cancellatio
         }
     }
     Outcome { acked, error }
-}
-
-/// Exponential back-off between retries.
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { next: initial, max }
-    }
-
-    pub fn advance(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.max);
-        current
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let seen: Vec<u128> = (0..4).map(|_| b.advance().as_millis()).collect();
-        assert_eq!(seen, vec![100, 200, 350, 350]);
-    }
 }

@@ -11,10 +11,34 @@ use api::loms::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, positive_id};
-use crate::error::ServiceError;
+use crate::domain::{self, positive_id, Action};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+
+/// The event metadata key naming the call that made the change.
+const RPC: &str = "rpc";
+
+/// The one mapping of errors to gRPC codes. Internal details (SQL, addresses) go to the log,
+/// never to the client.
+pub fn status_of(e: Error) -> Status {
+    let message = e.to_string();
+    match e {
+        Error::Invalid(_) => Status::invalid_argument(message),
+        Error::OrderNotFound(_) | Error::SkuNotFound(_) => Status::not_found(message),
+        Error::WrongStatus { .. } | Error::NotEnoughStock { .. } => {
+            Status::failed_precondition(message)
+        }
+        Error::Unavailable(source) => {
+            tracing::warn!(error = %source, "storage unavailable");
+            Status::unavailable("storage unavailable, retry later")
+        }
+        Error::Internal(source) => {
+            tracing::error!(error = format!("{source:#}"), "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct LomsService {
@@ -31,15 +55,16 @@ impl LomsService {
     async fn observe<T>(
         &self,
         method: &'static str,
-        work: impl Future<Output = Result<T, ServiceError>>,
+        work: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let result = work.await.map_err(Status::from);
+        let result = work.await.map_err(status_of);
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.metrics.request(method, code);
+        let took = started.elapsed();
+        let latency_ms = took.as_secs_f64() * 1e3;
+        self.metrics.request(method, code, took);
         match &result {
             Err(status) if matches!(code, tonic::Code::Internal | tonic::Code::Unavailable) => {
                 tracing::warn!(method, code = ?code, latency_ms, message = status.message(), "request failed")
@@ -61,16 +86,11 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderCreateResponse>, Status> {
         self.observe("OrderCreate", async {
             let order = domain::new_order(request.get_ref())?;
-            let created = self.storage.create_order(&order).await?;
-            match created.failure {
-                None => Ok(OrderCreateResponse {
-                    order_id: created.order_id,
-                }),
-                Some(reason) => Err(ServiceError::FailedPrecondition(format!(
-                    "order {} failed: not enough stock: {reason}",
-                    created.order_id
-                ))),
-            }
+            let order_id = self
+                .storage
+                .create_order(&order, &[(RPC, "OrderCreate")])
+                .await?;
+            Ok(OrderCreateResponse { order_id })
         })
         .await
     }
@@ -104,7 +124,9 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderPayResponse>, Status> {
         self.observe("OrderPay", async {
             let order_id = positive_id("order_id", request.get_ref().order_id)?;
-            self.storage.pay(order_id).await?;
+            self.storage
+                .apply(order_id, Action::Pay, &[(RPC, "OrderPay")])
+                .await?;
             Ok(OrderPayResponse {})
         })
         .await
@@ -116,7 +138,9 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderCancelResponse>, Status> {
         self.observe("OrderCancel", async {
             let order_id = positive_id("order_id", request.get_ref().order_id)?;
-            self.storage.cancel(order_id).await?;
+            self.storage
+                .apply(order_id, Action::Cancel, &[(RPC, "OrderCancel")])
+                .await?;
             Ok(OrderCancelResponse {})
         })
         .await
@@ -133,5 +157,33 @@ impl api::Loms for LomsService {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn contract_codes() {
+        let code = |e| status_of(e).code();
+        assert_eq!(code(Error::invalid("x")), Code::InvalidArgument);
+        assert_eq!(code(Error::OrderNotFound(1)), Code::NotFound);
+        assert_eq!(code(Error::SkuNotFound(1)), Code::NotFound);
+        let wrong = Error::WrongStatus {
+            order_id: 1,
+            status: domain::Status::Failed,
+            action: Action::Pay,
+        };
+        assert_eq!(code(wrong), Code::FailedPrecondition);
+        let short = Error::NotEnoughStock {
+            order_id: 1,
+            shortage: "sku 1".into(),
+        };
+        assert_eq!(code(short), Code::FailedPrecondition);
+        let status = status_of(Error::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("pool"));
     }
 }

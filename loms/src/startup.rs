@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, DatabaseSettings, Settings};
+use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
@@ -30,6 +31,7 @@ pub struct Application {
 pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = db
         .url
+        .expose_secret()
         .parse()
         .context("database.url is not a PostgreSQL URL")?;
     Ok(options
@@ -37,10 +39,24 @@ pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions
         .options([("statement_timeout", db.statement_timeout_ms.to_string())]))
 }
 
-/// Connects, retrying for a while: in compose the database may still be starting.
+/// Where `options` connect to, without the password.
+fn describe(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
+/// How long start-up waits for the database: in compose it may still be starting.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
+
+/// Connects, retrying for a while.
 pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(db)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     loop {
         let attempt = PgPoolOptions::new()
             .max_connections(db.max_connections)
@@ -50,11 +66,11 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
         match attempt {
             Ok(pool) => return Ok(pool),
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, url = redact_url(&db.url), "database not reachable yet, retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::warn!(error = %e, database = describe(&options), "database not reachable yet, retrying");
+                tokio::time::sleep(CONNECT_RETRY).await;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("connecting to {}", redact_url(&db.url)))
+                return Err(e).with_context(|| format!("connecting to {}", describe(&options)))
             }
         }
     }
@@ -117,48 +133,22 @@ impl Application {
             written: wake.clone(),
         };
         let service = LomsService::new(Storage::new(pool.clone(), outbox), metrics.clone());
-
         let relay_stop = CancellationToken::new();
-        let relay = settings.relay.enabled.then(|| {
+        let relay = if settings.relay.enabled {
             let relay = Relay {
-                connect: connect_options(&settings.database).expect("parsed at start"),
+                connect: connect_options(&settings.database)?,
                 settings: settings.relay.clone(),
                 kafka: settings.kafka.clone(),
                 metrics: metrics.clone(),
                 wake,
             };
-            tokio::spawn(relay.run(relay_stop.clone()))
-        });
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<api::LomsServer<LomsService>>().await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            Some(tokio::spawn(relay.run(relay_stop.clone())))
+        } else {
+            None
+        };
 
         tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, instance = %settings.instance_id, "loms serving");
-
-        let grpc_stop = shutdown.clone();
-        let grpc_health = health.clone();
-        let grpc_server = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(api::LomsServer::new(service.clone()))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc),
-                async move {
-                    grpc_stop.cancelled().await;
-                    grpc_health
-                        .set_not_serving::<api::LomsServer<LomsService>>()
-                        .await;
-                },
-            );
+        let grpc_server = serve_grpc(grpc, service.clone(), shutdown.clone()).await?;
         let router = crate::http::router(
             service,
             metrics,
@@ -166,23 +156,20 @@ impl Application {
             settings.http_body_limit_bytes,
         );
         let http_stop = shutdown.clone();
-        let http_server = axum::serve(http, router)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await });
-
-        let servers = async {
-            tokio::try_join!(async { grpc_server.await.context("gRPC server") }, async {
-                http_server.await.context("HTTP server")
-            })
+        let http_server = async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await
+                .context("HTTP server")
         };
-        tokio::pin!(servers);
         let grace = Duration::from_millis(settings.shutdown_timeout_ms);
-        let served = tokio::select! {
-            r = &mut servers => r.map(drop),
-            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "requests still in flight after the shutdown timeout; leaving them");
-                Ok(())
-            }
-        };
+        let served = drain(
+            async { tokio::try_join!(grpc_server, http_server).map(drop) },
+            &shutdown,
+            grace,
+        )
+        .await;
+
         tracing::info!("listeners closed, stopping the relay");
         relay_stop.cancel();
         if let Some(relay) = relay {
@@ -190,5 +177,50 @@ impl Application {
         }
         pool.close().await;
         served
+    }
+}
+
+/// The gRPC server with health and reflection; on `shutdown` health turns NOT_SERVING first.
+async fn serve_grpc(
+    listener: TcpListener,
+    service: LomsService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<api::LomsServer<LomsService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(api::LomsServer::new(service))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move {
+                shutdown.cancelled().await;
+                health
+                    .set_not_serving::<api::LomsServer<LomsService>>()
+                    .await;
+            },
+        );
+    Ok(async { server.await.context("gRPC server") })
+}
+
+/// Runs `servers` to their end, or leaves what is still in flight `grace` after `shutdown`.
+async fn drain(
+    servers: impl std::future::Future<Output = anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = servers => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still in flight after the shutdown timeout; leaving them");
+            Ok(())
+        }
     }
 }

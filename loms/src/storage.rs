@@ -4,22 +4,14 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::{Line, NewOrder, Status};
-use crate::error::ServiceError;
-use crate::outbox::{Change, Outbox};
+use crate::domain::{Action, Line, NewOrder, Status, StockEffect, Transition};
+use crate::error::Error;
+use crate::outbox::{Change, Facts, Outbox};
 
 #[derive(Clone)]
 pub struct Storage {
     pool: PgPool,
     outbox: Outbox,
-}
-
-/// Result of OrderCreate once committed.
-#[derive(Debug)]
-pub struct Created {
-    pub order_id: i64,
-    /// Why the reservation failed, when the order ended `failed`.
-    pub failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -40,6 +32,13 @@ fn columns(lines: &[Line]) -> (Vec<i64>, Vec<i64>) {
     lines.iter().map(|l| (l.sku, l.count)).unzip()
 }
 
+fn lines_of(skus: Vec<i64>, counts: Vec<i64>) -> Vec<Line> {
+    skus.into_iter()
+        .zip(counts)
+        .map(|(sku, count)| Line { sku, count })
+        .collect()
+}
+
 impl Storage {
     pub fn new(pool: PgPool, outbox: Outbox) -> Self {
         Self { pool, outbox }
@@ -49,8 +48,12 @@ impl Storage {
     /// stores the order with its outcome and items; a second writes both events. Inside one
     /// transaction the order is `new` and then `awaiting payment` or `failed`, as its events say;
     /// no other transaction can see the order before both are written. Four round trips in all.
-    pub async fn create_order(&self, order: &NewOrder) -> Result<Created, ServiceError> {
+    /// A `failed` order is stored and its events written, then reported as `NotEnoughStock`.
+    pub async fn create_order(&self, order: &NewOrder, facts: Facts<'_>) -> Result<i64, Error> {
         let (skus, counts) = columns(&order.lines);
+        let (reserved_status, failed_status) = (Status::created(true), Status::created(false));
+        // Both outcomes have the same number of events: `new`, then the outcome.
+        let event_seq = reserved_status.history().len() as i64;
         let mut tx = self.pool.begin().await?;
         let (order_id, reserved, locked_skus, available): (i64, bool, Vec<i64>, Vec<i64>) =
             sqlx::query_as(
@@ -69,7 +72,7 @@ impl Storage {
                  FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
              ), new_order AS (
                  INSERT INTO orders (user_id, status, event_seq)
-                 SELECT $1, CASE WHEN ok THEN 'awaiting payment' ELSE 'failed' END, 2 FROM verdict
+                 SELECT $1, CASE WHEN ok THEN $4 ELSE $5 END, $6 FROM verdict
                  RETURNING id
              ), items AS (
                  INSERT INTO order_items (order_id, sku, count)
@@ -83,21 +86,20 @@ impl Storage {
             .bind(order.user_id)
             .bind(&skus)
             .bind(&counts)
+            .bind(reserved_status)
+            .bind(failed_status)
+            .bind(event_seq)
             .fetch_one(&mut *tx)
             .await?;
         let available: Vec<(i64, i64)> = locked_skus.into_iter().zip(available).collect();
         let failure = shortage(&order.lines, &available);
         if reserved != failure.is_none() {
             // The database and this check disagree: store nothing rather than a wrong order.
-            return Err(ServiceError::Internal(anyhow::anyhow!(
+            return Err(Error::Internal(anyhow::anyhow!(
                 "reservation verdict {reserved} but shortage {failure:?} for order {order_id}"
             )));
         }
-        let status = if reserved {
-            Status::AwaitingPayment
-        } else {
-            Status::Failed
-        };
+        let status = Status::created(reserved);
         let change = |status, previous, sequence, reason| Change {
             order_id,
             user_id: order.user_id,
@@ -105,7 +107,7 @@ impl Storage {
             previous,
             sequence,
             lines: &order.lines,
-            rpc: "OrderCreate",
+            facts,
             reason,
         };
         self.outbox
@@ -113,114 +115,79 @@ impl Storage {
                 &mut tx,
                 &[
                     change(Status::New, None, 1, None),
-                    change(status, Some(Status::New), 2, failure.clone()),
+                    change(status, Some(Status::New), event_seq, failure.clone()),
                 ],
             )
             .await?;
         self.commit(tx).await?;
-        Ok(Created { order_id, failure })
+        match failure {
+            None => Ok(order_id),
+            Some(shortage) => Err(Error::NotEnoughStock { order_id, shortage }),
+        }
     }
 
-    pub async fn order(&self, order_id: i64) -> Result<OrderView, ServiceError> {
-        let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT user_id, status FROM orders WHERE id = $1")
-                .bind(order_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let (user_id, status) = row.ok_or_else(|| not_found(order_id))?;
-        let lines = lines(&self.pool, order_id).await?;
+    /// The order with its lines, in one round trip.
+    pub async fn order(&self, order_id: i64) -> Result<OrderView, Error> {
+        let row: Option<(i64, Status, Vec<i64>, Vec<i64>)> = sqlx::query_as(
+            "SELECT o.user_id, o.status,
+                    COALESCE(array_agg(i.sku ORDER BY i.sku) FILTER (WHERE i.sku IS NOT NULL), '{}'),
+                    COALESCE(array_agg(i.count ORDER BY i.sku) FILTER (WHERE i.sku IS NOT NULL), '{}')
+             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+             WHERE o.id = $1 GROUP BY o.id",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (user_id, status, skus, counts) = row.ok_or(Error::OrderNotFound(order_id))?;
         Ok(OrderView {
-            status: parse_status(&status)?,
+            status,
             user_id,
-            lines,
+            lines: lines_of(skus, counts),
         })
     }
 
-    /// Pays an order awaiting payment; `Ok(false)` when it was already paid.
-    pub async fn pay(&self, order_id: i64) -> Result<bool, ServiceError> {
+    /// Pays or cancels an order as its status allows; `Ok(false)` when it was already done.
+    pub async fn apply(
+        &self,
+        order_id: i64,
+        action: Action,
+        facts: Facts<'_>,
+    ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let order = lock_order(&mut tx, order_id).await?;
-        match order.status {
-            Status::Payed => return Ok(false),
-            Status::AwaitingPayment => {}
-            other => {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "order {order_id} is {}, only an order awaiting payment can be paid",
-                    other.as_str()
-                )))
+        let (status, effect) = match order.status.apply(action) {
+            Ok(Transition::Unchanged) => return Ok(false),
+            Ok(Transition::To(status, effect)) => (status, effect),
+            Err(_) => {
+                return Err(Error::WrongStatus {
+                    order_id,
+                    status: order.status,
+                    action,
+                })
             }
-        }
+        };
         let (skus, counts) = columns(&order.lines);
-        lock_stocks(&mut tx, &skus).await?;
-        sqlx::query(
-            "UPDATE stocks s SET reserved = s.reserved - u.count, total_count = s.total_count - u.count
-             FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
-        )
-        .bind(&skus)
-        .bind(&counts)
-        .execute(&mut *tx)
-        .await?;
-        self.transition(tx, order_id, &order, Status::Payed, "OrderPay")
-            .await?;
-        Ok(true)
-    }
-
-    /// Cancels an order that is new or awaiting payment; `Ok(false)` when it was already cancelled.
-    pub async fn cancel(&self, order_id: i64) -> Result<bool, ServiceError> {
-        let mut tx = self.pool.begin().await?;
-        let order = lock_order(&mut tx, order_id).await?;
-        match order.status {
-            Status::Cancelled => return Ok(false),
-            Status::New => {} // nothing was reserved yet
-            Status::AwaitingPayment => {
-                let (skus, counts) = columns(&order.lines);
-                lock_stocks(&mut tx, &skus).await?;
-                sqlx::query(
-                    "UPDATE stocks s SET reserved = s.reserved - u.count
-                     FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku",
-                )
+        let update = match effect {
+            StockEffect::Nothing => None,
+            StockEffect::Release => Some("UPDATE stocks s SET reserved = s.reserved - u.count
+                 FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku"),
+            StockEffect::WriteOff => Some("UPDATE stocks s SET reserved = s.reserved - u.count, total_count = s.total_count - u.count
+                 FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku"),
+        };
+        if let Some(update) = update {
+            lock_stocks(&mut tx, &skus).await?;
+            sqlx::query(update)
                 .bind(&skus)
                 .bind(&counts)
                 .execute(&mut *tx)
                 .await?;
-            }
-            other => {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "order {order_id} is {} and cannot be cancelled",
-                    other.as_str()
-                )))
-            }
         }
-        self.transition(tx, order_id, &order, Status::Cancelled, "OrderCancel")
-            .await?;
-        Ok(true)
-    }
-
-    /// Units of `sku` that can still be bought.
-    pub async fn available(&self, sku: i64) -> Result<u32, ServiceError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT GREATEST(total_count - reserved, 0) FROM stocks WHERE sku = $1")
-                .bind(sku)
-                .fetch_optional(&self.pool)
-                .await?;
-        let (count,) = row.ok_or_else(|| ServiceError::NotFound(format!("sku {sku} not found")))?;
-        Ok(u32::try_from(count).unwrap_or(u32::MAX))
-    }
-
-    async fn transition(
-        &self,
-        mut tx: Transaction<'_, Postgres>,
-        order_id: i64,
-        order: &Locked,
-        status: Status,
-        rpc: &'static str,
-    ) -> Result<(), ServiceError> {
         let sequence = order.event_seq + 1;
         sqlx::query(
             "UPDATE orders SET status = $2, event_seq = $3, updated_at = now() WHERE id = $1",
         )
         .bind(order_id)
-        .bind(status.as_str())
+        .bind(status)
         .bind(sequence)
         .execute(&mut *tx)
         .await?;
@@ -231,14 +198,26 @@ impl Storage {
             previous: Some(order.status),
             sequence,
             lines: &order.lines,
-            rpc,
+            facts,
             reason: None,
         };
         self.outbox.write(&mut tx, &[change]).await?;
-        self.commit(tx).await
+        self.commit(tx).await?;
+        Ok(true)
     }
 
-    async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<(), ServiceError> {
+    /// Units of `sku` that can still be bought.
+    pub async fn available(&self, sku: i64) -> Result<u32, Error> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT GREATEST(total_count - reserved, 0) FROM stocks WHERE sku = $1")
+                .bind(sku)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (count,) = row.ok_or(Error::SkuNotFound(sku))?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<(), Error> {
         tx.commit().await?;
         self.outbox.written.notify_one();
         Ok(())
@@ -261,49 +240,26 @@ fn shortage(lines: &[Line], available: &[(i64, i64)]) -> Option<String> {
     )
 }
 
-fn not_found(order_id: i64) -> ServiceError {
-    ServiceError::NotFound(format!("order {order_id} not found"))
-}
-
-fn parse_status(s: &str) -> Result<Status, ServiceError> {
-    Status::parse(s).ok_or_else(|| {
-        ServiceError::Internal(anyhow::anyhow!(
-            "unknown order status {s:?} in the database"
-        ))
-    })
-}
-
-async fn lines<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    order_id: i64,
-) -> Result<Vec<Line>, sqlx::Error> {
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT sku, count FROM order_items WHERE order_id = $1 ORDER BY sku")
-            .bind(order_id)
-            .fetch_all(executor)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(sku, count)| Line { sku, count })
-        .collect())
-}
-
-async fn lock_order(
-    tx: &mut Transaction<'_, Postgres>,
-    order_id: i64,
-) -> Result<Locked, ServiceError> {
-    let row: Option<(i64, String, i64)> =
+async fn lock_order(tx: &mut Transaction<'_, Postgres>, order_id: i64) -> Result<Locked, Error> {
+    let row: Option<(i64, Status, i64)> =
         sqlx::query_as("SELECT user_id, status, event_seq FROM orders WHERE id = $1 FOR UPDATE")
             .bind(order_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let (user_id, status, event_seq) = row.ok_or_else(|| not_found(order_id))?;
-    let lines = lines(&mut **tx, order_id).await?;
+    let (user_id, status, event_seq) = row.ok_or(Error::OrderNotFound(order_id))?;
+    let (skus, counts): (Vec<i64>, Vec<i64>) = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT sku, count FROM order_items WHERE order_id = $1 ORDER BY sku",
+    )
+    .bind(order_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .unzip();
     Ok(Locked {
         user_id,
-        status: parse_status(&status)?,
+        status,
         event_seq,
-        lines,
+        lines: lines_of(skus, counts),
     })
 }
 

@@ -1,12 +1,10 @@
 //! The contract of loms, through gRPC and through the HTTP gateway, on a real PostgreSQL.
 
-mod common;
-
 use std::sync::Arc;
 
 use api::loms::*;
-use common::app::TestApp;
 use serde_json::{json, Value};
+use testkit::app::TestApp;
 use tonic::Code;
 
 const SKU_A: i64 = 1076963; // 300 total, 35 reserved
@@ -104,7 +102,7 @@ async fn http(app: &TestApp, call: &Call) -> Result<Value, (Code, String)> {
     let code = Code::from(body["code"].as_i64().expect("error has a code") as i32);
     assert_eq!(
         status,
-        loms::error::http_status(code),
+        loms::http::http_status(code),
         "HTTP status of {code:?}: {body}"
     );
     assert!(body["details"].is_array(), "{body}");

@@ -2,20 +2,20 @@
 //! every event arrives, in order within each order. Alone in its test binary, since it stops the
 //! stack's broker.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::loms::*;
-use common::app::TestApp;
-use common::checks::{by_order, committed_events};
-use common::kafka;
+use testkit::app::TestApp;
+use testkit::checks::by_order;
+use testkit::db::committed_events;
+use testkit::kafka;
+use testkit::stack::stack;
 
 #[tokio::test]
 async fn events_wait_out_a_broker_outage() {
     let app = Arc::new(TestApp::spawn_with_relay().await);
-    kafka::stack("kafka-stop");
+    stack("kafka-stop");
 
     let workers = (0..8).map(|w| {
         let app = app.clone();
@@ -56,7 +56,7 @@ async fn events_wait_out_a_broker_outage() {
         "every event waits in the outbox"
     );
 
-    kafka::stack("kafka-start");
+    stack("kafka-start");
     let messages =
         kafka::consume_until(&app.topic, Duration::from_secs(180), |m| m.len() >= 600).await;
     let (orders, duplicates) = by_order(&messages);

@@ -1,9 +1,7 @@
 //! Static checks of the compose deployment: there is no Docker engine where the tests run.
 
-mod common;
-
-use common::compose::{self, assert_env_configures, environment, read};
 use serde_json::{json, Value};
+use testkit::compose::{self, assert_env_configures, environment, read};
 
 #[test]
 fn compose_file_follows_the_compose_specification() {
@@ -161,6 +159,11 @@ fn every_loms_variable_of_the_compose_file_configures_loms() {
         loms::config::Settings::load(&Default::default(), Some(env.clone().into_iter().collect()))
             .unwrap();
     assert_env_configures("LOMS_", &env, &serde_json::to_value(&settings).unwrap());
+    // The database URL is a secret, serialized as a marker: its value is checked here.
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&settings.database.url),
+        env["LOMS_DATABASE__URL"]
+    );
 }
 
 #[test]

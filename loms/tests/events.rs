@@ -1,16 +1,15 @@
 //! Order events through the outbox and the relay, on the real PostgreSQL and Kafka broker.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::loms::*;
-use common::app::TestApp;
-use common::checks::{by_order, decode};
-use common::kafka;
 use events_proto::OrderEvent;
+use testkit::app::TestApp;
+use testkit::checks::{by_order, decode};
+use testkit::db::wait_for_empty_outbox;
+use testkit::kafka;
 
 const SKU_A: i64 = 1076963;
 const SKU_BIG: i64 = 139275865; // 65534 units
@@ -121,7 +120,7 @@ async fn each_rpc_produces_its_events_in_order() {
     let all_ids: std::collections::HashSet<_> =
         messages.iter().map(|m| decode(m).event_id).collect();
     assert_eq!(all_ids.len(), 8);
-    wait_for_empty_outbox(&app).await;
+    wait_for_empty_outbox(&app.pool).await;
     assert_eq!(app.metrics.events_published(), 8);
     assert_eq!(
         kafka::consume_all(&app.topic).await.len(),
@@ -129,17 +128,6 @@ async fn each_rpc_produces_its_events_in_order() {
         "nothing else on the topic"
     );
     app.stop().await;
-}
-
-async fn wait_for_empty_outbox(app: &TestApp) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while app.count("outbox").await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox did not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -203,7 +191,7 @@ async fn a_failed_transaction_sends_nothing() {
         previous: None,
         sequence: 1,
         lines: &lines,
-        rpc: "test",
+        facts: &[],
         reason: None,
     };
     // The event row is written, then the transaction fails and rolls back.
@@ -217,7 +205,7 @@ async fn a_failed_transaction_sends_nothing() {
     // Then a real order, whose events must be all the topic holds.
     let id = create(&app, 5, &[(SKU_A, 1)]).await.unwrap();
     kafka::consume_until(&app.topic, Duration::from_secs(60), |m| m.len() >= 2).await;
-    wait_for_empty_outbox(&app).await;
+    wait_for_empty_outbox(&app.pool).await;
     let messages = kafka::consume_all(&app.topic).await;
     assert_eq!(messages.len(), 2);
     assert!(

@@ -1,17 +1,16 @@
 //! The local stack is real: PostgreSQL stores a row, the broker carries a message on
 //! `loms.order-events`, and that topic has the two partitions the system is built for.
 
-mod common;
-
 use std::time::Duration;
 
-use common::kafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
+use testkit::kafka;
+use testkit::stack::brokers;
 
 #[tokio::test]
 async fn postgres_stores_and_returns_a_row() {
-    let url = common::app::fresh_database().await;
+    let url = testkit::db::fresh_database().await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE probe (id int PRIMARY KEY, note text)")
         .execute(&pool)
@@ -36,7 +35,7 @@ async fn postgres_stores_and_returns_a_row() {
 #[tokio::test]
 async fn order_events_topic_has_two_partitions_and_carries_messages() {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::brokers())
+        .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
     let metadata = consumer
@@ -83,9 +82,9 @@ async fn order_events_topic_has_two_partitions_and_carries_messages() {
 #[tokio::test]
 async fn kafka_init_is_idempotent_and_refuses_a_wrong_partition_count() {
     let init = |topic: &str| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/stack.sh");
         std::process::Command::new("bash")
-            .args([script, "init"])
+            .arg(testkit::stack::root().join("deploy/local/stack.sh"))
+            .arg("init")
             .env("ORDER_EVENTS_TOPIC", topic)
             .env("DLQ_TOPIC", format!("{topic}.dlq"))
             .output()
@@ -93,7 +92,7 @@ async fn kafka_init_is_idempotent_and_refuses_a_wrong_partition_count() {
     };
     let partitions = |topic: &str| {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka::brokers())
+            .set("bootstrap.servers", brokers())
             .create()
             .unwrap();
         let metadata = consumer

@@ -1,10 +1,10 @@
 //! Layered configuration: defaults in code < a TOML file (`--config`) < environment variables
 //! (`NOTIFIER_`, nested keys joined by `__`, e.g. `NOTIFIER_KAFKA__GROUP_ID`) < flags.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use service_runtime::kafka::Properties;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -21,7 +21,7 @@ pub struct Settings {
     pub log_filter: String,
 }
 
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -30,24 +30,10 @@ pub struct KafkaSettings {
     pub dlq_topic: String,
     pub client_id: String,
     /// Extra librdkafka properties (SASL, TLS, timeouts), passed through as they are.
-    pub properties: BTreeMap<String, String>,
-}
-
-// Property values may be secrets: print their names only.
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSettings")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("group_id", &self.group_id)
-            .field("dlq_topic", &self.dlq_topic)
-            .field("client_id", &self.client_id)
-            .field(
-                "properties (values hidden)",
-                &self.properties.keys().collect::<Vec<_>>(),
-            )
-            .finish()
-    }
+    #[serde(serialize_with = "service_runtime::secret::serialize_map")]
+    pub properties: Properties,
+    /// A crashed member's partitions move after this long; a clean stop hands them over at once.
+    pub session_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -72,7 +58,8 @@ impl Default for KafkaSettings {
             group_id: "notifier".into(),
             dlq_topic: format!("{}.dlq", events_proto::TOPIC),
             client_id: "notifier".into(),
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -108,6 +95,14 @@ pub struct Flags {
 }
 
 impl Settings {
+    /// The back-off between retries of a consume or dead-letter write.
+    pub fn backoff(&self) -> service_runtime::Backoff {
+        service_runtime::Backoff::new(
+            std::time::Duration::from_millis(self.retry_initial_ms),
+            std::time::Duration::from_millis(self.retry_max_ms),
+        )
+    }
+
     pub fn load(flags: &Flags, env: Option<config::Map<String, String>>) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder();
         if let Some(path) = &flags.config {
@@ -135,13 +130,8 @@ impl Settings {
         }
         let mut settings: Self = builder.build()?.try_deserialize()?;
         for property in &flags.kafka_properties {
-            let (key, value) = property
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--kafka-property {property:?} is not KEY=VALUE"))?;
-            settings
-                .kafka
-                .properties
-                .insert(key.to_string(), value.to_string());
+            service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(settings)
     }
@@ -171,8 +161,12 @@ mod tests {
         assert_eq!(s.kafka.group_id, "from-env");
         assert_eq!(s.dedup_window, 10);
         assert_eq!(s.kafka.dlq_topic, "loms.order-events.dlq");
-        assert_eq!(s.kafka.properties["sasl.password"], "hunter2");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&s.kafka.properties["sasl.password"]),
+            "hunter2"
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
     }
 
     #[test]

@@ -3,5 +3,8 @@
 
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod dedup;
+pub mod handler;
+pub mod kafka;
 pub mod metrics;

@@ -1,70 +1,91 @@
-//! Counters on the optional `--metrics-addr` (Prometheus text format).
+//! Metrics on the optional `--metrics-addr`, through `prometheus-client` (OpenMetrics text).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Clone, Default)]
-pub struct Metrics(Arc<Counters>);
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Default)]
-pub struct Counters {
-    pub handled: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub dlq_retries: AtomicU64,
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+pub struct Inner {
+    registry: Registry,
+    pub handled: Counter,
+    pub decode_errors: Counter,
+    pub duplicates: Counter,
+    pub dlq_retries: Counter,
     /// Messages between the last handled offset and the end of the assigned partitions.
-    pub lag: AtomicI64,
+    pub lag: Gauge,
+    /// Now minus the event's `occurred_at`, when it is handled.
+    pub event_age: Histogram,
 }
 
 impl std::ops::Deref for Metrics {
-    type Target = Counters;
-    fn deref(&self) -> &Counters {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
         &self.0
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let handled = counter(&mut registry, "notifier_events_handled", "Events logged.");
+        let decode_errors = counter(
+            &mut registry,
+            "notifier_decode_errors",
+            "Messages that did not decode.",
+        );
+        let duplicates = counter(
+            &mut registry,
+            "notifier_duplicates",
+            "Events seen again within the window.",
+        );
+        let dlq_retries = counter(
+            &mut registry,
+            "notifier_dlq_retries",
+            "Failed writes to the dead-letter topic, retried.",
+        );
+        let lag = Gauge::default();
+        registry.register(
+            "notifier_consumer_lag",
+            "Messages not yet handled on the assigned partitions.",
+            lag.clone(),
+        );
+        let event_age = service_runtime::metrics::latency_histogram();
+        registry.register(
+            "notifier_event_age_seconds",
+            "Time from an event's occurred_at to its handling.",
+            event_age.clone(),
+        );
+        service_runtime::telemetry::register_dropped_lines(&mut registry, "notifier");
+        Self(Arc::new(Inner {
+            registry,
+            handled,
+            decode_errors,
+            duplicates,
+            dlq_retries,
+            lag,
+            event_age,
+        }))
+    }
+}
+
 impl Metrics {
+    pub fn observe_age(&self, age: Duration) {
+        self.event_age.observe(age.as_secs_f64());
+    }
+
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, kind, help, value) in [
-            (
-                "notifier_events_handled_total",
-                "counter",
-                "Events logged.",
-                self.handled.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "notifier_decode_errors_total",
-                "counter",
-                "Messages that did not decode.",
-                self.decode_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "notifier_duplicates_total",
-                "counter",
-                "Events seen again within the window.",
-                self.duplicates.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "notifier_dlq_retries_total",
-                "counter",
-                "Failed writes to the dead-letter topic, retried.",
-                self.dlq_retries.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "notifier_consumer_lag",
-                "gauge",
-                "Messages not yet handled on the assigned partitions.",
-                self.lag.load(Ordering::Relaxed),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out
+        service_runtime::metrics::encode(&self.registry)
     }
 }
 
@@ -78,7 +99,15 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "metrics served");
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || async move { metrics.render() }),
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    service_runtime::metrics::CONTENT_TYPE,
+                )],
+                metrics.render(),
+            )
+        }),
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -1,11 +1,6 @@
 //! The notifier as processes in a consumer group, on the real broker.
 
-#[path = "../../loms/tests/common/kafka.rs"]
-mod kafka;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use events_proto::OrderEvent;
@@ -13,113 +8,26 @@ use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
+use testkit::eventually;
+use testkit::kafka;
+use testkit::process::{NotifierOptions, NotifierProcess};
 
-struct Notifier {
-    child: Child,
-    log: PathBuf,
-}
+/// How long the group may take to deliver what a test waits for.
+const PATIENCE: Duration = Duration::from_secs(90);
 
-impl Notifier {
-    fn start(topic: &str, group: &str) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "notifier-test-{}.log",
-            uuid::Uuid::now_v7().simple()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_notifier"))
-            .args([
-                "--kafka-brokers",
-                &kafka::brokers(),
-                "--topic",
-                topic,
-                "--group-id",
-                group,
-            ])
-            .args(["--dlq-topic", &format!("{topic}.dlq"), "--log-json"])
-            // The broker's minimum: a killed member's partitions move on sooner.
-            .args(["--kafka-property", "session.timeout.ms=6000"])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start notifier");
-        Self { child, log }
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// (event id, partition, offset) of every event it logged as new.
-    fn events(&self) -> Vec<(String, i64, i64)> {
-        self.lines()
-            .iter()
-            .filter(|l| l["message"] == "order event")
-            .map(|l| {
-                (
-                    l["event_id"].as_str().unwrap().to_string(),
-                    l["partition"].as_i64().unwrap(),
-                    l["offset"].as_i64().unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    /// The partitions of its latest assignment, if it had one.
-    fn assignment(&self) -> Option<String> {
-        self.lines()
-            .iter()
-            .rev()
-            .find(|l| l["message"] == "partitions assigned")
-            .map(|l| l["partitions"].to_string())
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait(&mut self) -> std::process::ExitStatus {
-        wait_until("the notifier exits", || {
-            self.child.try_wait().unwrap().is_some()
-        })
-        .await;
-        self.child.wait().unwrap()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(topic: &str, group: &str) -> NotifierProcess {
+    NotifierOptions::new(topic, group).start()
 }
 
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(what, PATIENCE, || std::future::ready(check())).await;
 }
 
 fn event(order_id: i64) -> OrderEvent {
     OrderEvent {
         event_id: uuid::Uuid::now_v7().to_string(),
         order_id,
-        status: events_proto::status::NEW.into(),
+        status: testkit::Status::New.as_str().into(),
         occurred_at: Some(std::time::SystemTime::now().into()),
         sequence: 1,
         user_id: 1,
@@ -145,7 +53,7 @@ async fn produce_events(topic: &str, first: i64, n: i64) -> Vec<String> {
     ids
 }
 
-fn logged(notifiers: &[&Notifier]) -> Vec<String> {
+fn logged(notifiers: &[&NotifierProcess]) -> Vec<String> {
     notifiers
         .iter()
         .flat_map(|n| n.events())
@@ -153,19 +61,20 @@ fn logged(notifiers: &[&Notifier]) -> Vec<String> {
         .collect()
 }
 
-fn all_logged(notifiers: &[&Notifier], ids: &[String]) -> bool {
+fn all_logged(notifiers: &[&NotifierProcess], ids: &[String]) -> bool {
     let seen: HashSet<String> = logged(notifiers).into_iter().collect();
     ids.iter().all(|id| seen.contains(id))
 }
 
 /// Waits until the group settled with all three members: two hold a partition each, one none.
-async fn settled(group: &[Notifier; 3]) {
+async fn settled(group: &[NotifierProcess; 3]) {
     wait_until("the group settles", || {
-        let assignments: Vec<Option<String>> = group.iter().map(Notifier::assignment).collect();
+        let assignments: Vec<Option<String>> =
+            group.iter().map(NotifierProcess::assignment).collect();
         assignments.iter().all(Option::is_some)
             && assignments
                 .iter()
-                .filter(|a| a.as_deref() == Some("\"none\""))
+                .filter(|a| a.as_deref() == Some("none"))
                 .count()
                 == 1
     })
@@ -177,9 +86,9 @@ async fn three_members_two_receive_each_event_logged_once_and_sigterm_hands_over
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     let group = format!("notifier-test-{}", uuid::Uuid::now_v7().simple());
     let mut members = [
-        Notifier::start(&topic, &group),
-        Notifier::start(&topic, &group),
-        Notifier::start(&topic, &group),
+        start(&topic, &group),
+        start(&topic, &group),
+        start(&topic, &group),
     ];
     settled(&members).await;
 
@@ -197,20 +106,19 @@ async fn three_members_two_receive_each_event_logged_once_and_sigterm_hands_over
 
     // SIGTERM to an active member: it exits 0, the idle one takes its partition, nothing is lost.
     let active = receiving[0];
-    members[active].signal("TERM");
-    assert_eq!(members[active].wait().await.code(), Some(0));
-    let log = std::fs::read_to_string(&members[active].log).unwrap();
+    assert_eq!(members[active].process.terminate().await.code(), Some(0));
+    let log = members[active].process.log_text();
     assert!(
         log.contains("offsets committed") && log.contains("leaving the group"),
         "{log}"
     );
     let idle = (0..3).find(|i| !receiving.contains(i)).unwrap();
     wait_until("the idle member takes a partition", || {
-        members[idle].assignment().is_some_and(|a| a != "\"none\"")
+        members[idle].assignment().is_some_and(|a| a != "none")
     })
     .await;
     let more = produce_events(&topic, 1_000, 100).await;
-    let survivors: Vec<&Notifier> = (0..3)
+    let survivors: Vec<&NotifierProcess> = (0..3)
         .filter(|&i| i != active)
         .map(|i| &members[i])
         .collect();
@@ -231,13 +139,11 @@ async fn sigkill_mid_stream_skips_nothing() {
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     let group = format!("notifier-test-{}", uuid::Uuid::now_v7().simple());
     let ids = produce_events(&topic, 1, 3_000).await;
-    let first = Notifier::start(&topic, &group);
+    let mut first = start(&topic, &group);
     wait_until("some events are logged", || first.events().len() >= 300).await;
-    first.signal("KILL");
-    let mut first = first;
-    first.wait().await;
+    first.process.kill();
     let before = first.events().len();
-    let second = Notifier::start(&topic, &group);
+    let second = start(&topic, &group);
     wait_until("every event is logged", || {
         all_logged(&[&first, &second], &ids)
     })
@@ -253,7 +159,8 @@ async fn sigkill_mid_stream_skips_nothing() {
 #[tokio::test]
 async fn poison_messages_are_logged_dead_lettered_and_passed() {
     let topic = kafka::fresh_topic("loms.order-events.test", 1).await;
-    let dlq = kafka::fresh_topic_named(&format!("{topic}.dlq"), 1).await;
+    let dlq = format!("{topic}.dlq");
+    kafka::create_topic(&dlq, 1).await;
     let group = format!("notifier-test-{}", uuid::Uuid::now_v7().simple());
     let producer = kafka::producer();
     let mut good = Vec::new();
@@ -268,13 +175,14 @@ async fn poison_messages_are_logged_dead_lettered_and_passed() {
         good.push(e.event_id);
         kafka::produce(&producer, &topic, &format!("poison-{i}"), bad).await;
     }
-    let mut notifier = Notifier::start(&topic, &group);
+    let mut notifier = start(&topic, &group);
     wait_until("the good events are logged", || {
         all_logged(&[&notifier], &good)
     })
     .await;
     let errors: Vec<Value> = notifier
-        .lines()
+        .process
+        .json_lines()
         .into_iter()
         .filter(|l| l["level"] == "ERROR")
         .collect();
@@ -284,11 +192,11 @@ async fn poison_messages_are_logged_dead_lettered_and_passed() {
         assert_eq!(e["offset"], 2 * i as i64 + 1);
         assert!(e["partition"].is_number() && e["hex_prefix"].is_string());
     }
-    let dead = kafka::consume_until(&dlq, Duration::from_secs(60), |m| m.len() >= 3).await;
+    let dead = kafka::consume_until(&dlq, PATIENCE, |m| m.len() >= 3).await;
     let payloads: Vec<&[u8]> = dead.iter().map(|m| m.payload.as_slice()).collect();
     assert_eq!(payloads, poison.to_vec());
     assert_eq!(dead[0].headers["source-topic"], topic);
-    assert!(notifier.running(), "the consumer goes on");
+    assert!(notifier.process.alive(), "the consumer goes on");
     // And after the poison, new events are still handled.
     let later = produce_events(&topic, 50, 5).await;
     wait_until("later events are logged", || {
@@ -302,10 +210,9 @@ async fn committed_offsets_after_a_clean_stop_match_the_log() {
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     let group = format!("notifier-test-{}", uuid::Uuid::now_v7().simple());
     let ids = produce_events(&topic, 1, 500).await;
-    let mut notifier = Notifier::start(&topic, &group);
+    let mut notifier = start(&topic, &group);
     wait_until("every event is logged", || all_logged(&[&notifier], &ids)).await;
-    notifier.signal("TERM");
-    assert_eq!(notifier.wait().await.code(), Some(0));
+    assert_eq!(notifier.process.terminate().await.code(), Some(0));
 
     let mut next_per_partition: BTreeMap<i32, i64> = BTreeMap::new();
     for (_, partition, offset) in notifier.events() {
@@ -313,7 +220,7 @@ async fn committed_offsets_after_a_clean_stop_match_the_log() {
         *next = (*next).max(offset + 1);
     }
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::brokers())
+        .set("bootstrap.servers", testkit::stack::brokers())
         .set("group.id", &group)
         .create()
         .unwrap();

@@ -1,7 +1,6 @@
 //! The notifiers of the compose file are configured by variables the notifier reads.
 
-#[path = "../../loms/tests/common/compose.rs"]
-mod compose;
+use testkit::compose;
 
 #[test]
 fn every_notifier_variable_of_the_compose_file_configures_the_notifier() {

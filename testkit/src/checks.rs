@@ -4,10 +4,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use events_proto::OrderEvent;
 
-use super::kafka::Consumed;
+use crate::kafka::Consumed;
 
 pub fn decode(m: &Consumed) -> OrderEvent {
-    OrderEvent::decode_from(&m.payload).expect("every message decodes as an OrderEvent")
+    m.event().expect("every message decodes as an OrderEvent")
 }
 
 /// Per order: its distinct events in topic order, after checking that each order kept to one
@@ -62,11 +62,16 @@ pub fn by_order(messages: &[Consumed]) -> (BTreeMap<i64, Vec<OrderEvent>>, usize
     (orders, duplicates)
 }
 
-/// Every order's committed event count, from the database: (order id, event_seq).
-pub async fn committed_events(pool: &sqlx::PgPool) -> BTreeMap<i64, usize> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, event_seq FROM orders")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    rows.into_iter().map(|(id, n)| (id, n as usize)).collect()
+/// Checks that every order committed in the database has exactly its events on the topic.
+pub fn assert_all_published(
+    committed: &BTreeMap<i64, usize>,
+    orders: &BTreeMap<i64, Vec<OrderEvent>>,
+) {
+    for (id, n) in committed {
+        assert_eq!(
+            orders.get(id).map_or(0, Vec::len),
+            *n,
+            "events of order {id}"
+        );
+    }
 }

@@ -3,22 +3,31 @@
 //! builds of loms and notifier run as processes. Prints a table and writes
 //! `target/bench/results.json`. `--quick` runs the same measurements, shorter.
 
-mod support;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use api::loms::{Item, OrderCreateRequest};
-use loms::domain::{Line, Status};
-use loms::outbox::{Change, Outbox};
+use loms::domain::Status;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use support::{
-    create_topic, env, free_port, fresh_database, start_notifier, target_dir, Loms, BENCH_SKUS,
-    FIRST_BENCH_SKU,
-};
+use systest::{load_database, load_sku, percentile, FIRST_LOAD_SKU};
+use testkit::kafka::fresh_topic;
+use testkit::process::{free_port, NotifierOptions};
+use testkit::stack::{brokers, database_url, target_dir};
+
+/// Concurrent clients of the OrderCreate run (and pgbench's), sharing a few connections as a
+/// service's client pool would.
+const CLIENTS: u64 = 64;
+const CONNECTIONS: usize = 8;
+/// The low rate of the end-to-end run: the floor the pipeline adds, far from saturation.
+const LOW_RATE: u64 = 100;
+/// How long the notifiers may take to log the last events of a run.
+const LOG_PATIENCE: Duration = Duration::from_secs(60);
+const CONSUME_PATIENCE: Duration = Duration::from_secs(300);
+/// pgbench's scale factor.
+const PGBENCH_SCALE: &str = "10";
 
 struct Plan {
     create_secs: u64,
@@ -32,15 +41,8 @@ fn out_dir() -> std::path::PathBuf {
     target_dir("bench")
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn create_request(i: u64) -> OrderCreateRequest {
-    let sku = FIRST_BENCH_SKU + (i as i64 % BENCH_SKUS);
+    let sku = load_sku(i);
     OrderCreateRequest {
         user_id: i as i64 + 1,
         items: vec![Item { sku, count: 1 }],
@@ -49,19 +51,19 @@ fn create_request(i: u64) -> OrderCreateRequest {
 
 /// 1. OrderCreate at 64 concurrent clients; returns (orders/s, p50 ms, p99 ms, rss loms, rss notifier).
 async fn create_throughput(plan: &Plan) -> (f64, f64, f64, f64, f64) {
-    let db = fresh_database("bench_create").await;
-    let topic = create_topic("bench.create", 2).await;
-    let loms = Loms::start(&db, &topic, true, &out_dir().join("loms-create.log")).await;
+    let db = load_database("bench_create").await;
+    let topic = fresh_topic("bench.create", 2).await;
+    let loms = systest::loms(&db, &topic, &out_dir().join("loms-create.log"))
+        .start()
+        .await;
     let grpc = loms.grpc.clone();
-    let notifier = start_notifier(
+    let notifier = systest::notifier(
         &topic,
         "bench-create",
         &out_dir().join("notifier-create.log"),
-        None,
     );
-    // A few connections shared by the 64 clients, as a service's client pool would.
     let mut channels = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..CONNECTIONS {
         channels.push(
             api::LomsClient::connect(format!("http://{grpc}"))
                 .await
@@ -70,7 +72,7 @@ async fn create_throughput(plan: &Plan) -> (f64, f64, f64, f64, f64) {
     }
     let deadline = Instant::now() + Duration::from_secs(plan.create_secs);
     let started = Instant::now();
-    let workers = (0..64u64).map(|w| {
+    let workers = (0..CLIENTS).map(|w| {
         let mut client = channels[w as usize % channels.len()].clone();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -82,7 +84,7 @@ async fn create_throughput(plan: &Plan) -> (f64, f64, f64, f64, f64) {
                     .await
                     .expect("OrderCreate");
                 latencies.push(t.elapsed().as_secs_f64() * 1e3);
-                i += 64;
+                i += CLIENTS;
             }
             latencies
         })
@@ -99,14 +101,14 @@ async fn create_throughput(plan: &Plan) -> (f64, f64, f64, f64, f64) {
         rate,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
-        loms.proc.peak_rss_mb(),
-        notifier.peak_rss_mb(),
+        loms.process.peak_rss_mb(),
+        notifier.process.peak_rss_mb(),
     )
 }
 
 /// pgbench simple-update TPS on the same cluster, same client count and duration.
 fn pgbench_tps(secs: u64) -> f64 {
-    let url = env("DATABASE_URL");
+    let url = database_url();
     let (base, _) = url.rsplit_once('/').unwrap();
     let (host_port, user) = {
         let rest = base.trim_start_matches("postgres://");
@@ -145,7 +147,7 @@ fn pgbench_tps(secs: u64) -> f64 {
         "{}",
         String::from_utf8_lossy(&psql.stderr)
     );
-    let init = run(&["-i", "-s", "10", "-q"], "bench_pgbench");
+    let init = run(&["-i", "-s", PGBENCH_SCALE, "-q"], "bench_pgbench");
     assert!(
         init.status.success(),
         "{}",
@@ -156,7 +158,7 @@ fn pgbench_tps(secs: u64) -> f64 {
             "-b",
             "simple-update",
             "-c",
-            "64",
+            &CLIENTS.to_string(),
             "-j",
             "2",
             "-T",
@@ -174,22 +176,17 @@ fn pgbench_tps(secs: u64) -> f64 {
 
 /// 2. OrderCreate reply → the notifier's log line of that order's `awaiting payment` event.
 async fn e2e_latency(plan: &Plan, rate: u64) -> (f64, f64, f64, usize) {
-    let db = fresh_database("bench_e2e").await;
-    let topic = create_topic("bench.e2e", 2).await;
-    let loms = Loms::start(&db, &topic, true, &out_dir().join("loms-e2e.log")).await;
+    let db = load_database("bench_e2e").await;
+    let topic = fresh_topic("bench.e2e", 2).await;
+    let loms = systest::loms(&db, &topic, &out_dir().join("loms-e2e.log"))
+        .start()
+        .await;
     let grpc = loms.grpc.clone();
     let log = out_dir().join("notifier-e2e.log");
     let _ = std::fs::remove_file(&log);
-    let _notifier = start_notifier(&topic, "bench-e2e", &log, None);
-    // Let the notifier join its group before the clock starts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("partitions assigned")
-    {
-        assert!(Instant::now() < deadline, "the notifier did not join");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let notifier = systest::notifier(&topic, "bench-e2e", &log);
+    // The clock starts once the notifier has joined its group.
+    notifier.joined().await;
     let client = api::LomsClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -215,20 +212,11 @@ async fn e2e_latency(plan: &Plan, rate: u64) -> (f64, f64, f64, usize) {
         .map(Result::unwrap)
         .collect();
     let mut handled: HashMap<i64, SystemTime> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while handled.len() < replies.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if v["message"] == "order event" && v["status"] == "awaiting payment" {
-                let ts =
-                    chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
-                handled.insert(v["order_id"].as_i64().unwrap(), ts.into());
-            }
-        }
-    }
+    testkit::eventually("the notifier logs every order", LOG_PATIENCE, || {
+        handled = logged_at(&notifier.process.json_lines());
+        std::future::ready(handled.len() >= replies.len())
+    })
+    .await;
     let mut latencies: Vec<f64> = replies
         .iter()
         .filter_map(|(id, reply)| {
@@ -247,39 +235,33 @@ async fn e2e_latency(plan: &Plan, rate: u64) -> (f64, f64, f64, usize) {
     )
 }
 
+/// When the notifier logged each order's `awaiting payment` event, from its JSON log lines.
+fn logged_at(lines: &[Value]) -> HashMap<i64, SystemTime> {
+    lines
+        .iter()
+        .filter(|v| {
+            v["message"] == "order event" && v["status"] == Status::AwaitingPayment.as_str()
+        })
+        .filter_map(|v| {
+            let at = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()?;
+            Some((v["order_id"].as_i64()?, at.into()))
+        })
+        .collect()
+}
+
 /// 3. A full outbox drained by the relay of a fresh loms; and the raw producer on the same data.
 async fn relay_drain(plan: &Plan) -> (f64, f64, usize) {
-    let db = fresh_database("bench_drain").await;
-    let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let topic = create_topic("bench.drain", 2).await;
-    let outbox = Outbox {
-        topic: topic.clone(),
-        instance: "bench".into(),
-        written: Default::default(),
-    };
-    let lines = [Line {
-        sku: FIRST_BENCH_SKU,
-        count: 1,
-    }];
-    let orders: Vec<i64> = (1..=plan.drain_events).collect();
-    for chunk in orders.chunks(5_000) {
-        let mut tx = pool.begin().await.unwrap();
-        let changes: Vec<Change> = chunk
-            .iter()
-            .map(|&order_id| Change {
-                order_id,
-                user_id: 1,
-                status: Status::New,
-                previous: None,
-                sequence: 1,
-                lines: &lines,
-                rpc: "bench",
-                reason: None,
-            })
-            .collect();
-        outbox.write(&mut tx, &changes).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    let db = load_database("bench_drain").await;
+    let pool = testkit::db::migrated(&db).await;
+    let topic = fresh_topic("bench.drain", 2).await;
+    testkit::db::fill_outbox(
+        &pool,
+        &topic,
+        1..=plan.drain_events,
+        FIRST_LOAD_SKU,
+        &[Status::New],
+    )
+    .await;
     let payloads: Vec<(String, Vec<u8>)> =
         sqlx::query_as("SELECT key, payload FROM outbox ORDER BY id")
             .fetch_all(&pool)
@@ -288,22 +270,15 @@ async fn relay_drain(plan: &Plan) -> (f64, f64, usize) {
     let size = payloads.first().map_or(0, |p| p.1.len());
 
     let started = Instant::now();
-    let _loms = Loms::start(&db, &topic, true, &out_dir().join("loms-drain.log")).await;
-    loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _loms = systest::loms(&db, &topic, &out_dir().join("loms-drain.log"))
+        .start()
+        .await;
+    testkit::db::wait_for_empty_outbox(&pool).await;
     let drain = plan.drain_events as f64 / started.elapsed().as_secs_f64();
 
-    let raw_topic = create_topic("bench.raw", 2).await;
+    let raw_topic = fresh_topic("bench.raw", 2).await;
     let producer: FutureProducer = loms::relay::producer_config(&loms::config::KafkaSettings {
-        brokers: env("KAFKA_BROKERS"),
+        brokers: brokers(),
         ..Default::default()
     })
     .create()
@@ -327,9 +302,9 @@ async fn relay_drain(plan: &Plan) -> (f64, f64, usize) {
 
 /// 4. One notifier on a pre-filled topic, logging to a file.
 async fn notifier_consumption(plan: &Plan) -> f64 {
-    let topic = create_topic("bench.consume", 2).await;
+    let topic = fresh_topic("bench.consume", 2).await;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", env("KAFKA_BROKERS"))
+        .set("bootstrap.servers", brokers())
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -337,10 +312,10 @@ async fn notifier_consumption(plan: &Plan) -> f64 {
     let mut deliveries = Vec::new();
     for order_id in 1..=plan.consume_events as i64 {
         let event = events_proto::OrderEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: testkit::unique(),
             order_id,
-            status: "awaiting payment".into(),
-            previous_status: "new".into(),
+            status: Status::AwaitingPayment.as_str().into(),
+            previous_status: Status::New.as_str().into(),
             occurred_at: Some(SystemTime::now().into()),
             sequence: 2,
             user_id: 1,
@@ -365,7 +340,10 @@ async fn notifier_consumption(plan: &Plan) -> f64 {
     let metrics = format!("127.0.0.1:{}", free_port());
     let log = out_dir().join("notifier-consume.log");
     let _ = std::fs::remove_file(&log);
-    let _notifier = start_notifier(&topic, "bench-consume", &log, Some(&metrics));
+    let _notifier = NotifierOptions::new(&topic, "bench-consume")
+        .log(&log)
+        .metrics(&metrics)
+        .start();
     let handled = || async {
         let text = reqwest::get(format!("http://{metrics}/metrics"))
             .await
@@ -379,23 +357,24 @@ async fn notifier_consumption(plan: &Plan) -> f64 {
             .ok()
     };
     // The clock starts at the first handled event: group join is not consumption.
-    let mut started = None;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let n = handled().await.unwrap_or(0);
-        if n > 0 && started.is_none() {
-            started = Some((Instant::now(), n));
-        }
-        if n >= plan.consume_events {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the notifier did not finish: {n} handled"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let (t0, n0) = started.unwrap();
+    let started = std::sync::Mutex::new(None);
+    testkit::eventually(
+        "the notifier handles every event",
+        CONSUME_PATIENCE,
+        || async {
+            let n = handled().await.unwrap_or(0);
+            let mut started = started.lock().unwrap();
+            if n > 0 && started.is_none() {
+                *started = Some((Instant::now(), n));
+            }
+            n >= plan.consume_events
+        },
+    )
+    .await;
+    let (t0, n0) = started
+        .into_inner()
+        .unwrap()
+        .expect("a first handled event");
     (plan.consume_events - n0) as f64 / t0.elapsed().as_secs_f64()
 }
 
@@ -435,7 +414,7 @@ async fn main() {
     let (e50, e95, e99, measured) = e2e_latency(&plan, plan.e2e_rate).await;
     println!("2. end to end at {} orders/s, {measured} orders: p50 {e50:.2} ms, p95 {e95:.2} ms, p99 {e99:.2} ms", plan.e2e_rate);
     // The same path far from saturation: the floor the pipeline itself adds.
-    let (l50, l95, l99, _) = e2e_latency(&plan, 100).await;
+    let (l50, l95, l99, _) = e2e_latency(&plan, LOW_RATE).await;
     println!("   end to end at 100 orders/s: p50 {l50:.2} ms, p95 {l95:.2} ms, p99 {l99:.2} ms");
     let (drain, raw, size) = relay_drain(&plan).await;
     println!(

@@ -1,49 +1,67 @@
-//! Kafka helpers for tests against the real broker of the local stack (`KAFKA_BROKERS`).
-#![allow(dead_code)] // shared with the notifier's tests, which use a part of it
+//! Kafka for tests: topics of their own, a producer, and a reader that returns what a topic
+//! holds with partition, offset, key and headers.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use events_proto::OrderEvent;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 
-pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS")
-        .expect("KAFKA_BROKERS must name the test broker (run the tests with `make test`)")
-}
+use crate::stack::brokers;
 
-/// A topic of its own for one test, so tests never read each other's events.
-pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
-    fresh_topic_named(
-        &format!("{prefix}.{}", uuid::Uuid::now_v7().simple()),
-        partitions,
-    )
-    .await
-}
+/// How long a metadata or watermark request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading a whole topic may take.
+const READ_PATIENCE: Duration = Duration::from_secs(120);
 
-/// Creates the topic `name`, which must not exist yet.
-pub async fn fresh_topic_named(name: &str, partitions: i32) -> String {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
-        .expect("admin client");
-    let results = admin
+        .expect("admin client")
+}
+
+async fn create(name: &str, partitions: i32, exists_ok: bool) {
+    let results = admin()
         .create_topics(
             &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new(),
         )
         .await
         .expect("create topic");
-    for r in results {
-        r.expect("topic created");
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) if exists_ok => {}
+            Err((topic, e)) => panic!("creating topic {topic}: {e}"),
+        }
     }
-    name.to_string()
 }
 
+/// A topic of its own, `<prefix>.<unique>`, so that runs never read each other's events.
+pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
+    let name = format!("{prefix}.{}", crate::unique());
+    create(&name, partitions, false).await;
+    name
+}
+
+/// Creates the topic `name`, which must not exist yet.
+pub async fn create_topic(name: &str, partitions: i32) {
+    create(name, partitions, false).await;
+}
+
+/// Creates the topic `name` unless it exists, as kafka-init does.
+pub async fn ensure_topic(name: &str, partitions: i32) {
+    create(name, partitions, true).await;
+}
+
+/// One message as read from a topic.
 #[derive(Debug, Clone)]
 pub struct Consumed {
     pub partition: i32,
@@ -53,26 +71,30 @@ pub struct Consumed {
     pub headers: HashMap<String, String>,
 }
 
-/// Reads `topic` from the beginning until `done` holds for what was read, or fails after
-/// `timeout`.
+impl Consumed {
+    /// The message as an order event, if it is one.
+    pub fn event(&self) -> Option<OrderEvent> {
+        OrderEvent::decode_from(&self.payload).ok()
+    }
+}
+
+/// Reads `topic` from the beginning until `done` holds for what was read; panics after
+/// `within`.
 pub async fn consume_until(
     topic: &str,
-    timeout: Duration,
+    within: Duration,
     done: impl Fn(&[Consumed]) -> bool,
 ) -> Vec<Consumed> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set(
-            "group.id",
-            format!("test-{}", uuid::Uuid::now_v7().simple()),
-        )
+        .set("group.id", format!("test-reader-{}", crate::unique()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + within;
     while !done(&seen) {
         let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(m) => m.expect("consume"),
@@ -104,23 +126,31 @@ pub async fn consume_until(
     seen
 }
 
-/// Every message of `topic` up to its current end.
-pub async fn consume_all(topic: &str) -> Vec<Consumed> {
-    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+/// How many messages `topic` holds, over all its partitions.
+pub fn message_count(topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("consumer");
     let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .expect("metadata");
-    let mut total = 0;
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-            .expect("watermarks");
-        total += (high - low) as usize;
-    }
-    consume_until(topic, Duration::from_secs(120), |m| m.len() >= total).await
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
+                .expect("watermarks");
+            high - low
+        })
+        .sum()
+}
+
+/// Every message of `topic` up to its current end.
+pub async fn consume_all(topic: &str) -> Vec<Consumed> {
+    let total = message_count(topic) as usize;
+    consume_until(topic, READ_PATIENCE, |m| m.len() >= total).await
 }
 
 pub fn producer() -> FutureProducer {
@@ -141,16 +171,4 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
-}
-
-/// Runs `deploy/local/stack.sh <command>` on the test's stack (`STACK_DIR` and ports come from
-/// the environment `make test` sets).
-pub fn stack(command: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/stack.sh");
-    let status = std::process::Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .status()
-        .expect("run stack.sh");
-    assert!(status.success(), "stack.sh {command} failed");
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the build need and this machine lacks: Java 17 and Maven
+# (the Kafka broker's jars come from Maven Central), PostgreSQL 15 server and client, cmake (to
+# build librdkafka), python3 (free ports). As root on Debian it installs them with apt; otherwise
+# it names the exact packages and the command, and fails. `make run`, `make test` and CI call it.
+set -euo pipefail
+
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v psql >/dev/null || need+=(postgresql-client-15)
+command -v cmake >/dev/null || need+=(cmake)
+command -v python3 >/dev/null || need+=(python3)
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing ${need[*]}" >&2
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+else
+  echo "setup: missing packages: ${need[*]}" >&2
+  echo "setup: install them with: sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi

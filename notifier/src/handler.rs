@@ -1,0 +1,113 @@
+//! What is done with each message: decoded, logged once per event id within the window (a
+//! redelivery is logged as a duplicate), or, when it does not decode, logged at ERROR and handed
+//! to the dead-letter writer.
+
+use std::time::SystemTime;
+
+use events_proto::OrderEvent;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::dead_letter::DeadLetters;
+use crate::dedup::RecentIds;
+use crate::metrics::Metrics;
+
+/// Bytes of an undecodable payload shown in its log line.
+const HEX_PREFIX_BYTES: usize = 16;
+
+pub struct Handler {
+    dead_letters: DeadLetters,
+    recent: RecentIds,
+    metrics: Metrics,
+}
+
+impl Handler {
+    pub fn new(dead_letters: DeadLetters, recent: RecentIds, metrics: Metrics) -> Self {
+        Self {
+            dead_letters,
+            recent,
+            metrics,
+        }
+    }
+
+    /// Handles one message; false only if shutdown interrupted it before it was handled.
+    pub async fn handle(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let payload = message.payload().unwrap_or_default();
+        match OrderEvent::decode_from(payload) {
+            Ok(event) => {
+                self.log_event(&event, message);
+                true
+            }
+            Err(error) => {
+                self.log_undecodable(message, &error.to_string());
+                self.dead_letters
+                    .write(message, &error.to_string(), shutdown)
+                    .await
+            }
+        }
+    }
+
+    fn log_event(&mut self, event: &OrderEvent, message: &BorrowedMessage<'_>) {
+        let occurred_at = event.occurred_at.as_ref().and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        });
+        if let Some(age) = occurred_at.and_then(|t| SystemTime::now().duration_since(t.into()).ok())
+        {
+            self.metrics.observe_age(age);
+        }
+        let occurred_at = occurred_at
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_default();
+        let mut metadata: Vec<_> = event
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        metadata.sort();
+        let metadata = metadata.join(",");
+        let items: Vec<String> = event
+            .items
+            .iter()
+            .map(|i| format!("{}x{}", i.sku, i.count))
+            .collect();
+        if self.recent.insert(&event.event_id) {
+            self.metrics.handled.inc();
+            tracing::info!(
+                order_id = event.order_id, status = event.status, previous_status = event.previous_status,
+                occurred_at, user_id = event.user_id, sequence = event.sequence, items = items.join(","),
+                event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
+                metadata = %metadata, "order event"
+            );
+        } else {
+            self.metrics.duplicates.inc();
+            tracing::info!(
+                order_id = event.order_id, status = event.status, event_id = %event.event_id,
+                partition = message.partition(), offset = message.offset(), "duplicate order event, already logged"
+            );
+        }
+    }
+
+    fn log_undecodable(&self, message: &BorrowedMessage<'_>, error: &str) {
+        self.metrics.decode_errors.inc();
+        let payload = message.payload().unwrap_or_default();
+        let prefix: String = payload
+            .iter()
+            .take(HEX_PREFIX_BYTES)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        tracing::error!(
+            partition = message.partition(), offset = message.offset(), key = %key, bytes = payload.len(),
+            hex_prefix = %prefix, %error, dlq = %self.dead_letters.dlq_topic(),
+            "message does not decode as an OrderEvent; copying it to the dead-letter topic"
+        );
+    }
+}

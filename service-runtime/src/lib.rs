@@ -1,0 +1,12 @@
+//! What loms and the notifier both run on, written once: logging that never holds the service,
+//! the shutdown signal, Kafka client settings with their pass-through properties, back-off, and
+//! secrets in configuration.
+
+pub mod backoff;
+pub mod kafka;
+pub mod metrics;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use backoff::Backoff;

@@ -1,0 +1,139 @@
+//! One scenario's run: its own database, topic, loms replicas and two notifiers, the workload
+//! for the scenario's time with its fault injected, and the judgement that follows.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use testkit::process::{LomsProcess, NotifierProcess};
+
+use crate::judge::{self, Verdict};
+use crate::scenarios::{Fault, Scenario};
+use crate::workload::{self, Tally};
+
+/// Notifiers of a run: two, so that each holds one of the topic's two partitions.
+const NOTIFIERS: usize = 2;
+/// How long the events of a run may take to reach the topic and the logs after the load.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(180);
+
+pub struct Run {
+    pub name: &'static str,
+    pub db: String,
+    pub topic: String,
+    pub dir: PathBuf,
+    pub loms: Vec<LomsProcess>,
+    pub notifiers: Vec<NotifierProcess>,
+}
+
+impl Run {
+    pub async fn new(name: &'static str, replicas: usize) -> Self {
+        let dir = testkit::stack::target_dir("chaos").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the run's folder");
+        let db = systest::load_database(&format!("chaos_{name}")).await;
+        let topic = testkit::kafka::fresh_topic(&format!("chaos.{name}"), 2).await;
+        // The notifiers' dead-letter topic, as kafka-init creates it.
+        testkit::kafka::ensure_topic(&format!("{topic}.dlq"), 1).await;
+        let mut loms = Vec::new();
+        for i in 0..replicas {
+            let log = dir.join(format!("loms-{i}.log"));
+            loms.push(systest::loms(&db, &topic, &log).start().await);
+        }
+        let group = format!("chaos-{name}-{}", testkit::unique());
+        let notifiers = (0..NOTIFIERS)
+            .map(|i| systest::notifier(&topic, &group, &dir.join(format!("notifier-{i}.log"))))
+            .collect();
+        Self {
+            name,
+            db,
+            topic,
+            dir,
+            loms,
+            notifiers,
+        }
+    }
+}
+
+/// Runs the workload for `secs` with the scenario's fault injected at its start, then judges.
+pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
+    println!("scenario {}", scenario.name);
+    let run = Run::new(scenario.name, scenario.replicas).await;
+    let addresses = Arc::new(Mutex::new(
+        run.loms.iter().map(|l| l.grpc.clone()).collect::<Vec<_>>(),
+    ));
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = workload::start(addresses.clone(), tally.clone(), stop.clone());
+    let run = Arc::new(tokio::sync::Mutex::new(run));
+    let started = Instant::now();
+    (scenario.fault)(Fault {
+        run: run.clone(),
+        addresses,
+        quick,
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("the workload");
+    let run = Arc::into_inner(run)
+        .expect("the fault is done")
+        .into_inner();
+    finish(run, &tally).await
+}
+
+async fn finish(run: Run, tally: &Tally) -> Value {
+    let committed = judge::committed(&run.db).await;
+    let expected: usize = committed.values().map(|h| h.len()).sum();
+    let pool = sqlx::PgPool::connect(&run.db).await.expect("connect");
+    let drained = testkit::holds_within(DRAIN_PATIENCE, || async {
+        let logged: std::collections::HashSet<String> = judge::read_logs(&run.dir)
+            .into_iter()
+            .flatten()
+            .map(|s| s.3)
+            .collect();
+        testkit::db::outbox_rows(&pool).await == 0 && logged.len() >= expected
+    })
+    .await;
+    if !drained {
+        println!("  {}: gave up waiting for the events to drain", run.name);
+    }
+    let mut verdict = Verdict {
+        events_expected: expected,
+        ..Default::default()
+    };
+    // Every change a client was told had happened must have committed.
+    for (order, then) in tally.acknowledged.lock().unwrap().iter() {
+        let history = committed.get(order);
+        let ok = history.is_some_and(|h| then.is_none_or(|t| h.last() == Some(&t)));
+        if !ok {
+            verdict.lost += 1;
+        }
+    }
+    let topic = judge::read_topic(&run.topic).await;
+    judge::judge_streams(&[topic], &committed, &mut verdict, true);
+    let mut from_logs = Verdict::default();
+    judge::judge_streams(
+        &judge::read_logs(&run.dir),
+        &committed,
+        &mut from_logs,
+        false,
+    );
+    verdict.lost += from_logs.lost;
+    verdict.reordered += from_logs.reordered;
+    verdict.phantom += from_logs.phantom;
+    let report = json!({
+        "name": run.name,
+        "requests_ok": tally.ok.load(Ordering::Relaxed),
+        "requests_failed": tally.failed.load(Ordering::Relaxed),
+        "requests_outside_contract": tally.bad.load(Ordering::Relaxed),
+        "events_expected": verdict.events_expected,
+        "lost": verdict.lost,
+        "reordered": verdict.reordered,
+        "phantom": verdict.phantom,
+        "duplicated": verdict.duplicated,
+    });
+    println!("  {report}");
+    report
+}

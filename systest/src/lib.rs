@@ -1,0 +1,56 @@
+//! What the whole-system programs share: a database with room for load, and loms and notifier
+//! processes set up as a run under load wants them.
+
+use std::path::Path;
+
+use testkit::process::{LomsOptions, NotifierOptions, NotifierProcess};
+
+/// Skus added to a run's database, each with ample stock, so that no single row lock is what a
+/// run measures.
+pub const LOAD_SKUS: i64 = 1_000;
+pub const FIRST_LOAD_SKU: i64 = 900_000_000;
+const LOAD_STOCK: i64 = 1_000_000_000;
+/// Connections of a loms under load: one per concurrent client of the create benchmark.
+const LOAD_CONNECTIONS: &str = "64";
+
+/// The sku the `i`-th order of a run buys, spread over the load skus.
+pub fn load_sku(i: u64) -> i64 {
+    FIRST_LOAD_SKU + (i as i64 % LOAD_SKUS)
+}
+
+/// A migrated database `name` (an earlier one of that name is dropped) with the load skus.
+pub async fn load_database(name: &str) -> String {
+    let url = testkit::db::create_database(name).await;
+    let pool = testkit::db::migrated(&url).await;
+    sqlx::query(
+        "INSERT INTO stocks SELECT s, $3, 0 FROM generate_series($1::bigint, $2::bigint) s",
+    )
+    .bind(FIRST_LOAD_SKU)
+    .bind(FIRST_LOAD_SKU + LOAD_SKUS - 1)
+    .bind(LOAD_STOCK)
+    .execute(&pool)
+    .await
+    .expect("add the load skus");
+    url
+}
+
+/// A release loms for a run: as many connections as clients, quiet logs but the relay's.
+pub fn loms(database_url: &str, topic: &str, log: &Path) -> LomsOptions {
+    LomsOptions::new(database_url, topic)
+        .log(log)
+        .env("LOMS_DATABASE__MAX_CONNECTIONS", LOAD_CONNECTIONS)
+        .env("LOMS_LOG__FILTER", "warn,loms::relay=info")
+}
+
+/// A notifier of `group` logging JSON lines to `log`.
+pub fn notifier(topic: &str, group: &str, log: &Path) -> NotifierProcess {
+    NotifierOptions::new(topic, group).log(log).start()
+}
+
+/// The `p` quantile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

@@ -1,0 +1,415 @@
+//! loms and the notifier as processes of their own (the built binaries of the same profile as
+//! the running test or program), for signals and crashes: started and waited for until ready,
+//! signalled, killed, and waited for until gone with their ports free.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::eventually;
+
+/// How long a service may take to become ready, or to exit after a signal.
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
+pub const EXIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The folder of the binaries built with the running program: `target/<profile>/`, for a test
+/// (in `target/<profile>/deps/`) and for a system program alike.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().expect("a folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: `cargo build --workspace` (or the Makefile) builds it",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn free_address() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A log file of its own in the temporary folder.
+pub fn temp_log(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{name}-{}.log", crate::unique()))
+}
+
+/// A child process whose stdout and stderr go to a log file (appended); killed when dropped.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut command: Command, log: &Path) -> Self {
+        let file = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+        };
+        let child = command
+            .stdout(file())
+            .stderr(file())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        println!("pid {} logs to {}", child.id(), log.display());
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT", "KILL").
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits until the process has exited.
+    pub async fn wait(&mut self) -> ExitStatus {
+        let mut status = None;
+        eventually("the process exits", EXIT_PATIENCE, || {
+            status = self.child.try_wait().expect("wait");
+            std::future::ready(status.is_some())
+        })
+        .await;
+        status.expect("exited")
+    }
+
+    /// SIGTERM, then its exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait().await
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its log lines that are JSON objects.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Peak resident set size in MB, from /proc.
+    pub fn peak_rss_mb(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until nothing listens on `address` any more.
+async fn wait_port_free(address: &str) {
+    eventually(&format!("{address} is free"), EXIT_PATIENCE, || {
+        std::future::ready(std::net::TcpListener::bind(address).is_ok())
+    })
+    .await;
+}
+
+/// How to start a loms process.
+#[derive(Debug, Clone)]
+pub struct LomsOptions {
+    pub database_url: String,
+    pub topic: String,
+    pub relay: bool,
+    pub grpc: String,
+    pub http: String,
+    pub log: PathBuf,
+    /// Further `LOMS_*` variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl LomsOptions {
+    /// loms on free ports with its relay on, logging to a file of its own.
+    pub fn new(database_url: &str, topic: &str) -> Self {
+        Self {
+            database_url: database_url.into(),
+            topic: topic.into(),
+            relay: true,
+            grpc: free_address(),
+            http: free_address(),
+            log: temp_log("loms"),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn relay(mut self, on: bool) -> Self {
+        self.relay = on;
+        self
+    }
+
+    pub fn log(mut self, path: &Path) -> Self {
+        self.log = path.to_path_buf();
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub async fn start(self) -> LomsProcess {
+        LomsProcess::start(self).await
+    }
+}
+
+pub struct LomsProcess {
+    pub process: Process,
+    pub grpc: String,
+    pub http: String,
+    options: LomsOptions,
+}
+
+impl LomsProcess {
+    /// Starts loms and waits until its health check answers SERVING; fails if it exits first.
+    pub async fn start(options: LomsOptions) -> Self {
+        let mut command = Command::new(binary("loms"));
+        command
+            .env("LOMS_GRPC_ADDR", &options.grpc)
+            .env("LOMS_HTTP_ADDR", &options.http)
+            .env("LOMS_DATABASE__URL", &options.database_url)
+            .env("LOMS_KAFKA__BROKERS", crate::stack::brokers())
+            .env("LOMS_KAFKA__TOPIC", &options.topic)
+            .env("LOMS_RELAY__ENABLED", options.relay.to_string())
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
+        let mut loms = Self {
+            process: Process::spawn(command, &options.log),
+            grpc: options.grpc.clone(),
+            http: options.http.clone(),
+            options,
+        };
+        loms.wait_serving().await;
+        loms
+    }
+
+    async fn wait_serving(&mut self) {
+        let grpc = self.grpc.clone();
+        let process = &mut self.process;
+        eventually("loms serves", START_PATIENCE, || {
+            assert!(
+                process.alive(),
+                "loms exited at start: {}",
+                process.log_text()
+            );
+            serving(&grpc)
+        })
+        .await;
+    }
+
+    /// SIGKILL, wait until it is gone and its ports are free, and start it again on them.
+    pub async fn restart_after_kill(&mut self) {
+        self.process.kill();
+        wait_port_free(&self.grpc).await;
+        wait_port_free(&self.http).await;
+        *self = Self::start(self.options.clone()).await;
+    }
+
+    pub async fn client(
+        &self,
+    ) -> Result<api::LomsClient<tonic::transport::Channel>, tonic::transport::Error> {
+        api::LomsClient::connect(format!("http://{}", self.grpc)).await
+    }
+
+    /// Whether its relay holds the leader lock, from its metrics.
+    pub async fn is_relay_leader(&self) -> bool {
+        relay_leader(&self.http).await
+    }
+}
+
+async fn serving(grpc: &str) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .expect("a URI")
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: "loms.Loms".into(),
+    };
+    health
+        .check(request)
+        .await
+        .is_ok_and(|reply| reply.get_ref().status == ServingStatus::Serving as i32)
+}
+
+/// The relay-leader probe: whether the loms serving HTTP on `http` holds the relay lock.
+pub async fn relay_leader(http: &str) -> bool {
+    let Ok(reply) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return false;
+    };
+    reply
+        .text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "loms_relay_leader 1")
+}
+
+/// Indexes of the replicas (by HTTP address) whose relay leads.
+pub async fn relay_leaders(http: &[String]) -> Vec<usize> {
+    let mut leaders = Vec::new();
+    for (i, address) in http.iter().enumerate() {
+        if relay_leader(address).await {
+            leaders.push(i);
+        }
+    }
+    leaders
+}
+
+/// How to start a notifier process.
+#[derive(Debug, Clone)]
+pub struct NotifierOptions {
+    pub topic: String,
+    pub group: String,
+    pub log: PathBuf,
+    pub metrics: Option<String>,
+}
+
+/// The broker's minimum session timeout: a killed member's partitions move on sooner.
+const TEST_SESSION_TIMEOUT_MS: &str = "6000";
+
+impl NotifierOptions {
+    pub fn new(topic: &str, group: &str) -> Self {
+        Self {
+            topic: topic.into(),
+            group: group.into(),
+            log: temp_log("notifier"),
+            metrics: None,
+        }
+    }
+
+    pub fn log(mut self, path: &Path) -> Self {
+        self.log = path.to_path_buf();
+        self
+    }
+
+    pub fn metrics(mut self, address: &str) -> Self {
+        self.metrics = Some(address.into());
+        self
+    }
+
+    /// Starts the notifier logging JSON lines (its readiness is its group assignment, which
+    /// [`NotifierProcess::assignment`] shows).
+    pub fn start(self) -> NotifierProcess {
+        let mut command = Command::new(binary("notifier"));
+        command
+            .args(["--kafka-brokers", &crate::stack::brokers()])
+            .args(["--topic", &self.topic, "--group-id", &self.group])
+            .args(["--dlq-topic", &format!("{}.dlq", self.topic), "--log-json"])
+            .env(
+                "NOTIFIER_KAFKA__SESSION_TIMEOUT_MS",
+                TEST_SESSION_TIMEOUT_MS,
+            );
+        if let Some(address) = &self.metrics {
+            command.args(["--metrics-addr", address]);
+        }
+        NotifierProcess {
+            process: Process::spawn(command, &self.log),
+            options: self,
+        }
+    }
+}
+
+pub struct NotifierProcess {
+    pub process: Process,
+    pub options: NotifierOptions,
+}
+
+impl NotifierProcess {
+    /// (event id, partition, offset) of every event it logged as new.
+    pub fn events(&self) -> Vec<(String, i64, i64)> {
+        self.process
+            .json_lines()
+            .iter()
+            .filter(|l| l["message"] == "order event")
+            .map(|l| {
+                (
+                    l["event_id"].as_str().unwrap_or_default().to_string(),
+                    l["partition"].as_i64().unwrap_or(-1),
+                    l["offset"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect()
+    }
+
+    /// The partitions of its latest assignment, if it had one ("none" for an idle member).
+    pub fn assignment(&self) -> Option<String> {
+        self.process
+            .json_lines()
+            .iter()
+            .rev()
+            .find(|l| l["message"] == "partitions assigned")
+            .map(|l| l["partitions"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until it was assigned its share (possibly none) of the group's partitions.
+    pub async fn joined(&self) {
+        eventually("the notifier joins its group", START_PATIENCE, || {
+            std::future::ready(self.assignment().is_some())
+        })
+        .await;
+    }
+
+    /// SIGKILL, and start it again with the same options (and log).
+    pub fn restart_after_kill(&mut self) {
+        self.process.kill();
+        *self = self.options.clone().start();
+    }
+}
