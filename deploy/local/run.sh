@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The whole system as plain processes, in the foreground: the local stack (PostgreSQL, Kafka, the
 # topics), loms, and three notifiers, their logs prefixed by name. Ctrl-C (or SIGTERM) stops the
-# services gracefully and then the stack.
+# services gracefully and then the stack; a second Ctrl-C while stopping stops them at once.
 #
 #   LOMS_GRPC_ADDR / LOMS_HTTP_ADDR    default 0.0.0.0:8083 / 0.0.0.0:8084
 #   STACK_DIR, PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT: as for stack.sh
+#   BIN_DIR                            where loms and notifier are (default target/release)
 #   KEEP_STACK=1                       leave PostgreSQL and Kafka running on exit
+#
+# A terminal's Ctrl-C reaches its whole foreground process group. So the services run in
+# sessions of their own (setsid) and hear only this script, which stops them once, in order;
+# the log prefixers ignore the signal and end when their service's output ends, so no service
+# ever writes its last lines into a pipe nobody reads.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin=${BIN_DIR:-$here/../../target/release}
@@ -14,19 +20,34 @@ bin=${BIN_DIR:-$here/../../target/release}
 eval "$("$here/stack.sh" env)"
 
 pids=()
+stopping=
 stop() {
-  trap - INT TERM EXIT
+  trap - EXIT
+  stopping=1
   echo "run: stopping loms and the notifiers" >&2
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    # A second signal interrupts this wait; its trap stops the services at once.
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || true; done
+  done
   if [ -z "${KEEP_STACK:-}" ]; then "$here/stack.sh" down; fi
+  echo "run: stopped" >&2
+}
+on_signal() {
+  if [ -n "$stopping" ]; then
+    echo "run: second signal, killing loms and the notifiers" >&2
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    return
+  fi
+  stop
+  exit 130
 }
 trap stop EXIT
-trap 'exit 130' INT TERM
+trap on_signal INT TERM
 
 prefixed() { # name, command...
   local name=$1; shift
-  "$@" > >(sed -u "s/^/$name | /") 2>&1 &
+  setsid "$@" > >(trap '' INT TERM; exec sed -u "s/^/$name | /") 2>&1 &
   pids+=($!)
 }
 
@@ -36,4 +57,4 @@ for i in 1 2 3; do
 done
 echo "run: loms on gRPC ${LOMS_GRPC_ADDR:-0.0.0.0:8083}, HTTP ${LOMS_HTTP_ADDR:-0.0.0.0:8084}; Ctrl-C stops everything" >&2
 # Until any service exits (or a signal arrives).
-wait -n "${pids[@]}"
+wait -n "${pids[@]}" || true

@@ -171,28 +171,18 @@ impl Settings {
         overrides: &Overrides,
         env: Option<config::Map<String, String>>,
     ) -> Result<Self, config::ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = &overrides.config {
-            builder = builder.add_source(config::File::from(path.as_path()));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("LOMS")
-                .prefix_separator("_")
-                .separator("__")
-                .source(env),
-        );
-        let flags = [
-            ("grpc_addr", &overrides.grpc_addr),
-            ("http_addr", &overrides.http_addr),
-            ("database.url", &overrides.database_url),
-            ("kafka.brokers", &overrides.kafka_brokers),
-            ("kafka.topic", &overrides.kafka_topic),
-        ];
-        for (key, value) in flags {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value.as_str())?;
-            }
-        }
+        let mut builder = service_runtime::config::layers(
+            "LOMS",
+            overrides.config.as_deref(),
+            env,
+            &[
+                ("grpc_addr", overrides.grpc_addr.as_ref()),
+                ("http_addr", overrides.http_addr.as_ref()),
+                ("database.url", overrides.database_url.as_ref()),
+                ("kafka.brokers", overrides.kafka_brokers.as_ref()),
+                ("kafka.topic", overrides.kafka_topic.as_ref()),
+            ],
+        )?;
         if overrides.log_json {
             builder = builder.set_override("log.json", true)?;
         }

@@ -221,3 +221,29 @@ async fn two_replicas_one_relay_and_a_takeover() {
     assert_eq!(committed.len(), 400);
     assert_all_published(&committed, &orders);
 }
+
+/// Nobody reads its logs any more (the reader of its stdout and stderr pipe is gone): loms
+/// still serves, and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn a_dead_log_reader_neither_hangs_nor_crashes_loms() {
+    let db = fresh_database().await;
+    let mut loms = LomsOptions::new(&db, "loms.order-events.unused")
+        .relay(false)
+        .through_pipe()
+        .start()
+        .await;
+    loms.process.kill_log_reader();
+    // Requests log a line each: every one of them now fails to be written.
+    let mut client = loms.client().await.unwrap();
+    for user_id in 1..=20 {
+        let items = vec![Item {
+            sku: SKU_BIG,
+            count: 1,
+        }];
+        client
+            .order_create(OrderCreateRequest { user_id, items })
+            .await
+            .expect("served with its log lines dropped");
+    }
+    assert_eq!(loms.process.terminate().await.code(), Some(0));
+}

@@ -104,27 +104,18 @@ impl Settings {
     }
 
     pub fn load(flags: &Flags, env: Option<config::Map<String, String>>) -> anyhow::Result<Self> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = &flags.config {
-            builder = builder.add_source(config::File::from(path.as_path()));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("NOTIFIER")
-                .prefix_separator("_")
-                .separator("__")
-                .source(env),
-        );
-        for (key, value) in [
-            ("kafka.brokers", &flags.kafka_brokers),
-            ("kafka.topic", &flags.topic),
-            ("kafka.group_id", &flags.group_id),
-            ("kafka.dlq_topic", &flags.dlq_topic),
-            ("metrics_addr", &flags.metrics_addr),
-        ] {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value.as_str())?;
-            }
-        }
+        let mut builder = service_runtime::config::layers(
+            "NOTIFIER",
+            flags.config.as_deref(),
+            env,
+            &[
+                ("kafka.brokers", flags.kafka_brokers.as_ref()),
+                ("kafka.topic", flags.topic.as_ref()),
+                ("kafka.group_id", flags.group_id.as_ref()),
+                ("kafka.dlq_topic", flags.dlq_topic.as_ref()),
+                ("metrics_addr", flags.metrics_addr.as_ref()),
+            ],
+        )?;
         if flags.log_json {
             builder = builder.set_override("log_json", true)?;
         }

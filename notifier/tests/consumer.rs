@@ -243,3 +243,37 @@ async fn committed_offsets_after_a_clean_stop_match_the_log() {
         );
     }
 }
+
+/// Nobody reads its logs any more (the reader of its stdout and stderr pipe is gone): the
+/// notifier goes on consuming, and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn a_dead_log_reader_neither_hangs_nor_crashes_the_notifier() {
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    let group = format!("notifier-test-{}", testkit::unique());
+    let mut notifier = NotifierOptions::new(&topic, &group).through_pipe().start();
+    notifier.joined().await;
+    notifier.process.kill_log_reader();
+    // Each event is a log line that cannot be written.
+    produce_events(&topic, 1, 50).await;
+    let committed = || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", testkit::stack::brokers())
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut query = TopicPartitionList::new();
+        for p in 0..2 {
+            query.add_partition(&topic, p);
+        }
+        consumer
+            .committed_offsets(query, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+            .sum::<i64>()
+    };
+    // It handles (and commits) every event although none of its lines reach anyone.
+    wait_until("every event is handled and committed", || committed() == 50).await;
+    assert_eq!(notifier.process.terminate().await.code(), Some(0));
+}

@@ -3,6 +3,7 @@
 //! secrets in configuration.
 
 pub mod backoff;
+pub mod config;
 pub mod kafka;
 pub mod metrics;
 pub mod secret;

@@ -52,32 +52,62 @@ pub fn temp_log(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{name}-{}.log", crate::unique()))
 }
 
-/// A child process whose stdout and stderr go to a log file (appended); killed when dropped.
+/// A child process whose stdout and stderr go to a log file (appended), directly or through a
+/// pipe read by a `cat` of its own; killed when dropped.
 pub struct Process {
     child: Child,
     pub log: PathBuf,
+    /// The reader of the pipe, when the output goes through one.
+    pipe_reader: Option<Child>,
+}
+
+fn append(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: &Path) -> Self {
-        let file = || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
-        };
+    fn spawn(mut command: Command, log: &Path, through_pipe: bool) -> Self {
+        let mut pipe_reader = None;
+        if through_pipe {
+            let mut reader = Command::new("cat")
+                .stdin(Stdio::piped())
+                .stdout(append(log))
+                .spawn()
+                .expect("start the log reader");
+            let pipe: std::os::fd::OwnedFd = reader.stdin.take().expect("a pipe").into();
+            let second = pipe.try_clone().expect("duplicate the pipe");
+            command.stdout(pipe).stderr(second);
+            pipe_reader = Some(reader);
+        } else {
+            command.stdout(append(log)).stderr(append(log));
+        }
         let child = command
-            .stdout(file())
-            .stderr(file())
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        // Only the child holds the pipe's writing end now: the reader sees its end of output.
+        drop(command);
         println!("pid {} logs to {}", child.id(), log.display());
         Self {
             child,
             log: log.to_path_buf(),
+            pipe_reader,
         }
+    }
+
+    /// Kills the reader of its output pipe: from then on every write to stdout or stderr fails
+    /// (EPIPE), as when the log shipper of a container dies.
+    pub fn kill_log_reader(&mut self) {
+        let reader = self
+            .pipe_reader
+            .as_mut()
+            .expect("started with its output through a pipe");
+        let _ = reader.kill();
+        let _ = reader.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,6 +179,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        if let Some(reader) = self.pipe_reader.as_mut() {
+            let _ = reader.kill();
+            let _ = reader.wait();
+        }
     }
 }
 
@@ -171,6 +205,8 @@ pub struct LomsOptions {
     pub log: PathBuf,
     /// Further `LOMS_*` variables.
     pub env: Vec<(String, String)>,
+    /// Output through a pipe with a reader that a test can kill.
+    pub through_pipe: bool,
 }
 
 impl LomsOptions {
@@ -184,7 +220,14 @@ impl LomsOptions {
             http: free_address(),
             log: temp_log("loms"),
             env: Vec::new(),
+            through_pipe: false,
         }
+    }
+
+    /// Stdout and stderr through a pipe (see [`Process::kill_log_reader`]).
+    pub fn through_pipe(mut self) -> Self {
+        self.through_pipe = true;
+        self
     }
 
     pub fn relay(mut self, on: bool) -> Self {
@@ -227,7 +270,7 @@ impl LomsProcess {
             .env("LOMS_RELAY__ENABLED", options.relay.to_string())
             .envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut loms = Self {
-            process: Process::spawn(command, &options.log),
+            process: Process::spawn(command, &options.log, options.through_pipe),
             grpc: options.grpc.clone(),
             http: options.http.clone(),
             options,
@@ -320,6 +363,8 @@ pub struct NotifierOptions {
     pub group: String,
     pub log: PathBuf,
     pub metrics: Option<String>,
+    /// Output through a pipe with a reader that a test can kill.
+    pub through_pipe: bool,
 }
 
 /// The broker's minimum session timeout: a killed member's partitions move on sooner.
@@ -332,7 +377,14 @@ impl NotifierOptions {
             group: group.into(),
             log: temp_log("notifier"),
             metrics: None,
+            through_pipe: false,
         }
+    }
+
+    /// Stdout and stderr through a pipe (see [`Process::kill_log_reader`]).
+    pub fn through_pipe(mut self) -> Self {
+        self.through_pipe = true;
+        self
     }
 
     pub fn log(mut self, path: &Path) -> Self {
@@ -361,7 +413,7 @@ impl NotifierOptions {
             command.args(["--metrics-addr", address]);
         }
         NotifierProcess {
-            process: Process::spawn(command, &self.log),
+            process: Process::spawn(command, &self.log, self.through_pipe),
             options: self,
         }
     }

@@ -14,7 +14,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use systest::{load_database, load_sku, percentile, FIRST_LOAD_SKU};
 use testkit::kafka::fresh_topic;
-use testkit::process::{free_port, NotifierOptions};
+use testkit::process::{free_port, LomsProcess, NotifierOptions};
 use testkit::stack::{brokers, database_url, target_dir};
 
 /// Concurrent clients of the OrderCreate run (and pgbench's), sharing a few connections as a
@@ -49,13 +49,17 @@ fn create_request(i: u64) -> OrderCreateRequest {
     }
 }
 
+/// A loms (with its relay) on a database and topic of its own for the run `name`.
+async fn system(name: &str) -> (LomsProcess, String) {
+    let db = load_database(&format!("bench_{name}")).await;
+    let topic = fresh_topic(&format!("bench.{name}"), 2).await;
+    let log = out_dir().join(format!("loms-{name}.log"));
+    (systest::loms(&db, &topic, &log).start().await, topic)
+}
+
 /// 1. OrderCreate at 64 concurrent clients; returns (orders/s, p50 ms, p99 ms, rss loms, rss notifier).
 async fn create_throughput(plan: &Plan) -> (f64, f64, f64, f64, f64) {
-    let db = load_database("bench_create").await;
-    let topic = fresh_topic("bench.create", 2).await;
-    let loms = systest::loms(&db, &topic, &out_dir().join("loms-create.log"))
-        .start()
-        .await;
+    let (loms, topic) = system("create").await;
     let grpc = loms.grpc.clone();
     let notifier = systest::notifier(
         &topic,
@@ -176,11 +180,7 @@ fn pgbench_tps(secs: u64) -> f64 {
 
 /// 2. OrderCreate reply → the notifier's log line of that order's `awaiting payment` event.
 async fn e2e_latency(plan: &Plan, rate: u64) -> (f64, f64, f64, usize) {
-    let db = load_database("bench_e2e").await;
-    let topic = fresh_topic("bench.e2e", 2).await;
-    let loms = systest::loms(&db, &topic, &out_dir().join("loms-e2e.log"))
-        .start()
-        .await;
+    let (loms, topic) = system("e2e").await;
     let grpc = loms.grpc.clone();
     let log = out_dir().join("notifier-e2e.log");
     let _ = std::fs::remove_file(&log);

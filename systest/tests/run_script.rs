@@ -1,0 +1,135 @@
+//! `make run` as a user runs it: `deploy/local/run.sh` in a process group of its own (a
+//! terminal's foreground job) on a private stack; an order is made and its events logged; then
+//! SIGINT to the whole group, as Ctrl-C sends it. Everything it started must be gone, and the
+//! script must have stopped by itself.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use api::loms::{Item, OrderCreateRequest};
+use testkit::eventually;
+use testkit::process::{bin_dir, free_port};
+
+/// The private stack starts from nothing: PostgreSQL's initdb and Kafka's first start.
+const START_PATIENCE: Duration = Duration::from_secs(180);
+/// Graceful stop of the services, then of the stack.
+const STOP_PATIENCE: Duration = Duration::from_secs(90);
+/// Exit status of a script stopped by SIGINT.
+const INTERRUPTED: i32 = 130;
+
+/// Processes whose command line mentions `marker`.
+fn processes_mentioning(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(marker) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_the_services_and_then_the_stack() {
+    let stack_dir = std::env::temp_dir().join(format!("loms-run-test-{}", testkit::unique()));
+    std::fs::create_dir_all(&stack_dir).unwrap();
+    // PostgreSQL runs as its own user when the tests run as root.
+    Command::new("chmod")
+        .arg("755")
+        .arg(&stack_dir)
+        .status()
+        .unwrap();
+    let (pg, kafka, grpc) = (free_port(), free_port(), free_port());
+    let log = stack_dir.join("run.log");
+    let mut run = Command::new("bash")
+        .arg(testkit::stack::root().join("deploy/local/run.sh"))
+        .env("STACK_DIR", &stack_dir)
+        .env("PG_PORT", pg.to_string())
+        .env("KAFKA_PORT", kafka.to_string())
+        .env("KAFKA_CONTROLLER_PORT", free_port().to_string())
+        .env("LOMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("LOMS_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("BIN_DIR", bin_dir())
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("start run.sh");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // An order, and its events logged by a notifier through the prefixed output.
+    let address = format!("http://127.0.0.1:{grpc}");
+    eventually("loms serves", START_PATIENCE, || async {
+        api::LomsClient::connect(address.clone()).await.is_ok()
+    })
+    .await;
+    let mut client = api::LomsClient::connect(address).await.unwrap();
+    let order_id = client
+        .order_create(OrderCreateRequest {
+            user_id: 42,
+            items: vec![Item {
+                sku: 1076963,
+                count: 1,
+            }],
+        })
+        .await
+        .expect("OrderCreate")
+        .get_ref()
+        .order_id;
+    eventually("its events are logged", START_PATIENCE, || {
+        let text = log_text();
+        std::future::ready(
+            text.lines()
+                .filter(|l| l.starts_with("notifier-") && l.contains("order event"))
+                .filter(|l| l.contains(&format!("order_id={order_id} ")))
+                .count()
+                >= 2,
+        )
+    })
+    .await;
+
+    // Ctrl-C: SIGINT to the whole foreground group.
+    let group = run.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut status = None;
+    eventually("run.sh exits", STOP_PATIENCE, || {
+        status = run.try_wait().unwrap();
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let text = log_text();
+    assert_eq!(status.unwrap().code(), Some(INTERRUPTED), "{text}");
+    assert!(text.contains("run: stopped"), "{text}");
+    // The services stopped gracefully: their last words reached the log.
+    for service in ["loms", "notifier-1", "notifier-2", "notifier-3"] {
+        let prefix = format!("{service} | ");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("stopped")),
+            "{service} did not log its stop:\n{text}"
+        );
+    }
+    let left: Vec<String> = [
+        stack_dir.to_string_lossy().to_string(),
+        format!("127.0.0.1:{kafka}"),
+    ]
+    .iter()
+    .flat_map(|marker| processes_mentioning(marker))
+    .collect();
+    assert!(left.is_empty(), "left running: {left:#?}\n{text}");
+    let _ = std::fs::remove_dir_all(&stack_dir);
+}
