@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup run test lint stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
+.PHONY: setup run test lint schema-snapshot stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -23,6 +23,11 @@ run: release
 test: setup
 	cargo build --workspace --all-targets
 	deploy/local/with-stack.sh cargo test --workspace --no-fail-fast
+
+# Records the released schemas (api/, events-proto/ schema-snapshot.txtpb) on purpose, for a
+# release: `make test` refuses any change to the protos that breaks a reader of the snapshot.
+schema-snapshot:
+	cargo run -q -p build-support --bin schema-snapshot
 
 lint:
 	cargo fmt --all -- --check

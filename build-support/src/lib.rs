@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+pub mod schema;
+
 /// What one crate compiles.
 pub struct Protos<'a> {
     /// Folder the `.proto` imports are relative to.

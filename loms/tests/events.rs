@@ -215,3 +215,40 @@ async fn a_failed_transaction_sends_nothing() {
     assert_eq!(app.count("outbox").await, 0);
     app.stop().await;
 }
+
+/// Readers of the released schema read what loms writes today: every message a real order
+/// produced decodes with a decoder built from the committed snapshot, to the same values.
+#[tokio::test]
+async fn events_decode_with_the_released_schema() {
+    use prost_reflect::{DynamicMessage, Value};
+    let released = &build_support::schema::RELEASED[1];
+    let snapshot = std::fs::read_to_string(testkit::stack::root().join(released.snapshot)).unwrap();
+    let pool = build_support::schema::from_snapshot(&snapshot).unwrap();
+    let desc = pool
+        .get_message_by_name(events_proto::MESSAGE_TYPE)
+        .unwrap();
+
+    let app = TestApp::spawn_with_relay().await;
+    let id = create(&app, 9, &[(SKU_A, 2)]).await.unwrap();
+    let messages =
+        kafka::consume_until(&app.topic, Duration::from_secs(60), |m| m.len() >= 2).await;
+    for m in &messages {
+        let today = decode(m);
+        let old = DynamicMessage::decode(desc.clone(), m.payload.as_slice()).unwrap();
+        let field = |name: &str| old.get_field_by_name(name).unwrap().into_owned();
+        assert_eq!(field("event_id"), Value::String(today.event_id.clone()));
+        assert_eq!(field("order_id"), Value::I64(id));
+        assert_eq!(field("status"), Value::String(today.status.clone()));
+        assert_eq!(field("sequence"), Value::I64(today.sequence));
+        let items = field("items");
+        let items = items.as_list().unwrap();
+        assert_eq!(items.len(), 1);
+        let item = items[0].as_message().unwrap();
+        assert_eq!(item.get_field_by_name("count").unwrap().as_u32(), Some(2));
+        assert!(
+            old.unknown_fields().next().is_none(),
+            "nothing unknown to the release"
+        );
+    }
+    app.stop().await;
+}

@@ -277,3 +277,50 @@ async fn a_dead_log_reader_neither_hangs_nor_crashes_the_notifier() {
     wait_until("every event is handled and committed", || committed() == 50).await;
     assert_eq!(notifier.process.terminate().await.code(), Some(0));
 }
+
+/// An event from a newer writer, with a field today's schema does not know, is read by today's
+/// notifier without error and logged.
+#[tokio::test]
+async fn an_event_with_an_unknown_field_is_logged() {
+    use prost_reflect::{DynamicMessage, Value};
+    let released = &build_support::schema::RELEASED[1];
+    let root = testkit::stack::root().join(released.root);
+    let today = std::fs::read_to_string(root.join(released.file)).unwrap();
+    // A test-only extension: a field added after the last one.
+    let extended = today.replacen(
+        "repeated Item items = 9;",
+        "repeated Item items = 9;\n  string channel = 100;",
+        1,
+    );
+    assert_ne!(extended, today);
+    let pool = build_support::schema::compile_text(released.file, &extended).unwrap();
+    let mut event = DynamicMessage::new(
+        pool.get_message_by_name(events_proto::MESSAGE_TYPE)
+            .unwrap(),
+    );
+    let event_id = testkit::unique();
+    event.set_field_by_name("event_id", Value::String(event_id.clone()));
+    event.set_field_by_name("order_id", Value::I64(77));
+    event.set_field_by_name(
+        "status",
+        Value::String(testkit::Status::New.as_str().into()),
+    );
+    event.set_field_by_name("sequence", Value::I64(1));
+    event.set_field_by_name("channel", Value::String("web".into()));
+
+    let topic = kafka::fresh_topic("loms.order-events.test", 1).await;
+    kafka::produce(&kafka::producer(), &topic, "77", &event.encode_to_vec()).await;
+    let group = format!("notifier-test-{}", testkit::unique());
+    let notifier = start(&topic, &group);
+    wait_until("the event is logged", || {
+        all_logged(&[&notifier], std::slice::from_ref(&event_id))
+    })
+    .await;
+    let errors = notifier
+        .process
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["level"] == "ERROR")
+        .count();
+    assert_eq!(errors, 0, "{}", notifier.process.log_text());
+}

@@ -7,7 +7,9 @@ use std::process::Command;
 
 /// The repository's root.
 pub fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the test kit sits in the repository")
 }
 
 fn var(name: &str) -> String {
