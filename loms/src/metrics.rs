@@ -39,6 +39,9 @@ struct Inner {
     relay_leader: Gauge,
     outbox_backlog: Gauge,
     outbox_oldest_age: Gauge<f64, AtomicU64>,
+    outbox_wait: Histogram,
+    publish: Histogram,
+    relay_cycle: Histogram,
 }
 
 impl Default for Metrics {
@@ -85,6 +88,26 @@ impl Default for Metrics {
             "Age of the oldest waiting event.",
             outbox_oldest_age.clone(),
         );
+        let stage = |registry: &mut Registry, name: &str, help: &str| {
+            let h = service_runtime::metrics::latency_histogram();
+            registry.register(name, help, h.clone());
+            h
+        };
+        let outbox_wait = stage(
+            &mut registry,
+            "loms_outbox_wait_seconds",
+            "Time from an event's transaction to its read by the relay.",
+        );
+        let publish = stage(
+            &mut registry,
+            "loms_relay_publish_seconds",
+            "Time from an event's read by the relay to its acknowledgement by Kafka.",
+        );
+        let relay_cycle = stage(
+            &mut registry,
+            "loms_relay_cycle_seconds",
+            "Time from a batch's read to its deletion once acknowledged.",
+        );
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
         Self {
             inner: Arc::new(Inner {
@@ -96,6 +119,9 @@ impl Default for Metrics {
                 relay_leader,
                 outbox_backlog,
                 outbox_oldest_age,
+                outbox_wait,
+                publish,
+                relay_cycle,
             }),
         }
     }
@@ -116,6 +142,18 @@ impl Metrics {
 
     pub fn published(&self, n: u64) {
         self.inner.events_published.inc_by(n);
+    }
+
+    pub fn outbox_wait(&self, seconds: f64) {
+        self.inner.outbox_wait.observe(seconds);
+    }
+
+    pub fn publish(&self, took: Duration) {
+        self.inner.publish.observe(took.as_secs_f64());
+    }
+
+    pub fn relay_cycle(&self, took: Duration) {
+        self.inner.relay_cycle.observe(took.as_secs_f64());
     }
 
     pub fn delivery_error(&self) {

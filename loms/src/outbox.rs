@@ -1,6 +1,7 @@
 //! Order events as outbox rows, written in the transaction of the change they describe.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use events_proto::{headers, OrderEvent};
 use sqlx::{Postgres, Transaction};
@@ -33,9 +34,17 @@ pub struct Change<'a> {
     pub reason: Option<String>,
 }
 
+/// Outbox rows ready to insert, as the arrays a statement binds: keys, payloads, headers.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub keys: Vec<String>,
+    pub payloads: Vec<Vec<u8>>,
+    pub headers: Vec<serde_json::Value>,
+}
+
 impl Outbox {
-    pub fn event(&self, change: &Change<'_>) -> OrderEvent {
-        let now = std::time::SystemTime::now();
+    /// The event of `change`, which happened `at` (the time its transaction is sent).
+    pub fn event(&self, change: &Change<'_>, at: SystemTime) -> OrderEvent {
         let mut metadata: std::collections::HashMap<String, String> = change
             .facts
             .iter()
@@ -49,7 +58,7 @@ impl Outbox {
             event_id: uuid::Uuid::now_v7().to_string(),
             order_id: change.order_id,
             status: change.status.as_str().into(),
-            occurred_at: Some(prost_types::Timestamp::from(now)),
+            occurred_at: Some(prost_types::Timestamp::from(at)),
             metadata,
             user_id: change.user_id,
             previous_status: change
@@ -68,6 +77,22 @@ impl Outbox {
         }
     }
 
+    /// The outbox rows of `changes`, in that order.
+    pub fn rows(&self, changes: &[Change<'_>], at: SystemTime) -> Rows {
+        let mut rows = Rows::default();
+        for change in changes {
+            let event = self.event(change, at);
+            rows.keys.push(event.order_id.to_string());
+            rows.headers.push(serde_json::json!({
+                headers::EVENT_ID: event.event_id,
+                headers::MESSAGE_TYPE: events_proto::MESSAGE_TYPE,
+                headers::CONTENT_TYPE: events_proto::CONTENT_TYPE,
+            }));
+            rows.payloads.push(event.encode_to_bytes());
+        }
+        rows
+    }
+
     /// Inserts the events of `changes`, in that order, into the outbox of `tx`. The caller has
     /// locked (or just created) the order row, so that the events of one order get ids in the
     /// order their transactions commit.
@@ -76,28 +101,16 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         changes: &[Change<'_>],
     ) -> Result<(), sqlx::Error> {
-        let mut keys = Vec::with_capacity(changes.len());
-        let mut payloads = Vec::with_capacity(changes.len());
-        let mut header_sets = Vec::with_capacity(changes.len());
-        for change in changes {
-            let event = self.event(change);
-            keys.push(event.order_id.to_string());
-            header_sets.push(serde_json::json!({
-                headers::EVENT_ID: event.event_id,
-                headers::MESSAGE_TYPE: events_proto::MESSAGE_TYPE,
-                headers::CONTENT_TYPE: events_proto::CONTENT_TYPE,
-            }));
-            payloads.push(event.encode_to_bytes());
-        }
+        let rows = self.rows(changes, SystemTime::now());
         sqlx::query(
             "INSERT INTO outbox (topic, key, payload, headers)
              SELECT $1, k, p, h FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY AS u(k, p, h, n)
              ORDER BY n",
         )
         .bind(&self.topic)
-        .bind(&keys)
-        .bind(&payloads)
-        .bind(&header_sets)
+        .bind(&rows.keys)
+        .bind(&rows.payloads)
+        .bind(&rows.headers)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -7,12 +7,13 @@
 //! the rest are read again from the database, in id order, after a back-off, by a new producer,
 //! so a later event of an order never overtakes an earlier one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
@@ -42,6 +43,9 @@ struct Row {
 
 /// A follower tries the leader lock at most this often, however short the poll interval.
 const FOLLOWER_POLL_MIN: Duration = Duration::from_millis(500);
+
+/// Batches in flight at once: while one awaits its acknowledgements, the next is read and sent.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// How long an unfinished batch may still take once shutdown was asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -131,84 +135,233 @@ impl Relay {
         result
     }
 
+    /// Relays while leader. Two batches are in flight at once: while one awaits its
+    /// acknowledgements, one statement deletes what was acknowledged and reads the next batch,
+    /// which is sent at once. The read skips only the rows in flight, never "everything up to
+    /// the last id read": a row with a lower id may commit later, and it is then read next, while
+    /// no later event of its order can be in flight yet (that event's transaction locks the
+    /// order after this one committed). The first failed delivery stops everything: the rows
+    /// acknowledged before it are deleted, every row from it on is read again from the
+    /// database, in id order, by a new producer.
     async fn relay(
         &self,
         conn: &mut PgConnection,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut producer: FutureProducer = producer_config(&self.kafka)
-            .create()
-            .context("relay: creating the producer")?;
+        let mut producer = self.producer()?;
         let mut backoff = self.backoff();
+        let mut in_flight: VecDeque<Batch> = VecDeque::new();
+        let mut done = Acknowledged::default();
         while !shutdown.is_cancelled() {
-            let rows = read_batch(conn, self.settings.batch_size).await?;
-            if rows.is_empty() {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.settings.poll_interval()) => {}
-                    _ = shutdown.cancelled() => {}
+            if in_flight.len() < BATCHES_IN_FLIGHT {
+                let sending: Vec<i64> = in_flight.iter().flat_map(Batch::ids).collect();
+                let read_at = Instant::now();
+                let rows = self.delete_and_read(conn, &mut done, &sending).await?;
+                if !rows.is_empty() {
+                    in_flight.push_back(Batch::send(&producer, rows, read_at));
+                    continue; // read the next one while this one flies
                 }
+                if in_flight.is_empty() {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.settings.poll_interval()) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
+            let Some(batch) = in_flight.pop_front() else {
                 continue;
-            }
-            let outcome = publish(&producer, &rows, shutdown).await;
-            let acked: Vec<i64> = rows[..outcome.acked].iter().map(|r| r.id).collect();
-            if !acked.is_empty() {
-                sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                    .bind(&acked)
-                    .execute(&mut *conn)
-                    .await
-                    .context("relay: deleting published rows")?;
-                self.metrics.published(acked.len() as u64);
-            }
-            match outcome.error {
+            };
+            let error = batch.acknowledged(shutdown, &self.metrics, &mut done).await;
+            match error {
                 None => backoff.reset(),
-                Some(error) => {
+                Some((failed, error)) => {
                     self.metrics.delivery_error();
-                    let failed = &rows[outcome.acked];
-                    tracing::warn!(outbox_id = failed.id, key = %failed.key, %error, acked = acked.len(),
+                    tracing::warn!(outbox_id = failed.id, key = %failed.key, %error, acked = done.ids.len(),
                         "relay: delivery failed, resending from the database after a back-off");
-                    // A fresh producer: nothing left queued in the old one can overtake the resend.
+                    // Nothing queued in the old producer may overtake the resend.
+                    in_flight.clear();
                     producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
                     drop(producer);
+                    self.delete(conn, &mut done).await?;
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.advance()) => {}
                         _ = shutdown.cancelled() => {}
                     }
-                    producer = producer_config(&self.kafka)
-                        .create()
-                        .context("relay: creating the producer")?;
+                    producer = self.producer()?;
                 }
             }
         }
-        // Everything acknowledged was deleted above; flush whatever a cut-short batch left queued.
+        // What is still in flight may be acknowledged within the grace; what is, is deleted.
+        for batch in in_flight {
+            if batch
+                .acknowledged(shutdown, &self.metrics, &mut done)
+                .await
+                .is_some()
+            {
+                break;
+            }
+        }
+        self.delete(conn, &mut done).await?;
         let _ = producer.flush(SHUTDOWN_GRACE);
+        Ok(())
+    }
+
+    fn producer(&self) -> anyhow::Result<FutureProducer> {
+        producer_config(&self.kafka)
+            .create()
+            .context("relay: creating the producer")
+    }
+
+    /// One round trip: deletes the acknowledged rows and reads the next batch, skipping the
+    /// rows in flight.
+    async fn delete_and_read(
+        &self,
+        conn: &mut PgConnection,
+        done: &mut Acknowledged,
+        sending: &[i64],
+    ) -> anyhow::Result<Vec<Row>> {
+        let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value, f64)> = sqlx::query_as(
+            "WITH deleted AS (DELETE FROM outbox WHERE id = ANY($1))
+             SELECT id, topic, key, payload, headers,
+                    EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8
+             FROM outbox WHERE id <> ALL($1) AND id <> ALL($2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(&done.ids)
+        .bind(sending)
+        .bind(self.settings.batch_size)
+        .fetch_all(&mut *conn)
+        .await
+        .context("relay: deleting published rows and reading the outbox")?;
+        done.deleted(&self.metrics);
+        Ok(rows
+            .into_iter()
+            .map(|(id, topic, key, payload, headers, waited)| {
+                self.metrics.outbox_wait(waited);
+                Row {
+                    id,
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                }
+            })
+            .collect())
+    }
+
+    async fn delete(&self, conn: &mut PgConnection, done: &mut Acknowledged) -> anyhow::Result<()> {
+        if !done.ids.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&done.ids)
+                .execute(&mut *conn)
+                .await
+                .context("relay: deleting published rows")?;
+            done.deleted(&self.metrics);
+        }
         Ok(())
     }
 }
 
-async fn read_batch(conn: &mut PgConnection, limit: i64) -> anyhow::Result<Vec<Row>> {
-    let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value)> =
-        sqlx::query_as("SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1")
-            .bind(limit)
-            .fetch_all(conn)
-            .await
-            .context("relay: reading the outbox")?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, topic, key, payload, headers)| Row {
-            id,
-            topic,
-            key,
-            payload,
-            headers,
-        })
-        .collect())
+/// Rows acknowledged by Kafka and not yet deleted, with when their batches were read.
+#[derive(Default)]
+struct Acknowledged {
+    ids: Vec<i64>,
+    read_at: Vec<Instant>,
 }
 
-struct Outcome {
-    /// Rows acknowledged from the start of the batch, without a gap.
-    acked: usize,
-    error: Option<String>,
+impl Acknowledged {
+    /// They are deleted now: counted as published, and their batches' cycles end.
+    fn deleted(&mut self, metrics: &Metrics) {
+        metrics.published(self.ids.len() as u64);
+        for read_at in self.read_at.drain(..) {
+            metrics.relay_cycle(read_at.elapsed());
+        }
+        self.ids.clear();
+    }
+}
+
+/// A batch handed to the producer, in id order.
+struct Batch {
+    rows: Vec<Row>,
+    deliveries: Vec<DeliveryFuture>,
+    /// Why enqueueing stopped before the end of the batch, if it did.
+    enqueue_error: Option<String>,
+    read_at: Instant,
+}
+
+impl Batch {
+    fn send(producer: &FutureProducer, rows: Vec<Row>, read_at: Instant) -> Self {
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut enqueue_error = None;
+        for row in &rows {
+            let record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.payload)
+                .headers(headers(row));
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((e, _)) => {
+                    enqueue_error = Some(format!("enqueue: {e}"));
+                    break;
+                }
+            }
+        }
+        Self {
+            rows,
+            deliveries,
+            enqueue_error,
+            read_at,
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.rows.iter().map(|r| r.id)
+    }
+
+    /// Waits for the acknowledgements in order and adds the acknowledged prefix to `done`;
+    /// returns the first row not acknowledged, and why, if any. After shutdown the batch gets
+    /// a grace period, then is abandoned.
+    async fn acknowledged(
+        self,
+        shutdown: &CancellationToken,
+        metrics: &Metrics,
+        done: &mut Acknowledged,
+    ) -> Option<(Row, String)> {
+        let Self {
+            rows,
+            deliveries,
+            enqueue_error,
+            read_at,
+        } = self;
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(deadline);
+        let mut rows = rows.into_iter();
+        for delivery in deliveries {
+            let result = tokio::select! {
+                r = delivery => r,
+                _ = &mut deadline => Err(futures::channel::oneshot::Canceled),
+            };
+            let row = rows.next().expect("a row per delivery");
+            match result {
+                Ok(Ok(_)) => {
+                    metrics.publish(read_at.elapsed());
+                    done.ids.push(row.id);
+                }
+                Ok(Err((e, _))) => return Some((row, e.to_string())),
+                Err(_) => return Some((row, "delivery canceled or abandoned at shutdown".into())),
+            }
+        }
+        done.read_at.push(read_at);
+        match (rows.next(), enqueue_error) {
+            (Some(row), Some(error)) => Some((row, error)),
+            _ => None,
+        }
+    }
 }
 
 fn headers(row: &Row) -> OwnedHeaders {
@@ -223,51 +376,4 @@ fn headers(row: &Row) -> OwnedHeaders {
         }
     }
     headers
-}
-
-/// Sends a batch in order and waits for the acknowledgements, up to the first failure.
-async fn publish(producer: &FutureProducer, rows: &[Row], shutdown: &CancellationToken) -> Outcome {
-    let mut deliveries = Vec::with_capacity(rows.len());
-    let mut error = None;
-    for row in rows {
-        let record = FutureRecord::to(&row.topic)
-            .key(&row.key)
-            .payload(&row.payload)
-            .headers(headers(row));
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            Err((e, _)) => {
-                error = Some(format!("enqueue: {e}"));
-                break;
-            }
-        }
-    }
-    let mut acked = 0;
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::pin!(deadline);
-    for delivery in deliveries {
-        let result = tokio::select! {
-            r = delivery => r,
-            _ = &mut deadline => return Outcome { acked, error: Some("shutdown: batch abandoned".into()) },
-        };
-        match result {
-            Ok(Ok(_)) => acked += 1,
-            Ok(Err((e, _))) => {
-                return Outcome {
-                    acked,
-                    error: Some(e.to_string()),
-                }
-            }
-            Err(_) => {
-                return Outcome {
-                    acked,
-                    error: Some("delivery canceled".into()),
-                }
-            }
-        }
-    }
-    Outcome { acked, error }
 }

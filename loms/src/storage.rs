@@ -2,16 +2,52 @@
 //! order row first, then the stock rows in sku order (so concurrent orders cannot deadlock), and
 //! writes its events to the outbox before it commits.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Mutex;
 
 use crate::domain::{Action, Line, NewOrder, Status, StockEffect, Transition};
 use crate::error::Error;
 use crate::outbox::{Change, Facts, Outbox};
 
+const NOT_ENOUGH_STOCK: &str = "not enough stock";
+/// Order ids taken from the sequence at once: one round trip serves this many orders.
+const ORDER_ID_BLOCK: i64 = 100;
+
 #[derive(Clone)]
 pub struct Storage {
     pool: PgPool,
     outbox: Outbox,
+    ids: Arc<IdBlock>,
+}
+
+/// Order ids taken from the orders' sequence in blocks. Ids stay unique (the sequence hands
+/// them out); an order may get a lower id than one created just before it on another replica,
+/// and a block left unused at shutdown is a gap, as a rolled-back insert always was.
+#[derive(Default)]
+struct IdBlock {
+    ids: Mutex<VecDeque<i64>>,
+}
+
+impl IdBlock {
+    async fn next(&self, pool: &PgPool) -> Result<i64, Error> {
+        if let Some(id) = self.ids.lock().await.pop_front() {
+            return Ok(id);
+        }
+        let block: Vec<(i64,)> = sqlx::query_as(
+            "SELECT nextval(pg_get_serial_sequence('orders', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(ORDER_ID_BLOCK)
+        .fetch_all(pool)
+        .await?;
+        let mut ids = self.ids.lock().await;
+        ids.extend(block.into_iter().map(|(id,)| id));
+        ids.pop_front()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("the sequence gave no ids")))
+    }
 }
 
 #[derive(Debug)]
@@ -41,23 +77,51 @@ fn lines_of(skus: Vec<i64>, counts: Vec<i64>) -> Vec<Line> {
 
 impl Storage {
     pub fn new(pool: PgPool, outbox: Outbox) -> Self {
-        Self { pool, outbox }
+        Self {
+            pool,
+            outbox,
+            ids: Arc::default(),
+        }
     }
 
-    /// One statement locks the stock rows (in sku order), decides, reserves all or nothing, and
-    /// stores the order with its outcome and items; a second writes both events. Inside one
-    /// transaction the order is `new` and then `awaiting payment` or `failed`, as its events say;
-    /// no other transaction can see the order before both are written. Four round trips in all.
-    /// A `failed` order is stored and its events written, then reported as `NotEnoughStock`.
+    /// One round trip, one statement committing on its own: it locks the stock rows (in sku
+    /// order), decides, reserves all or nothing, stores the order with its outcome and items,
+    /// and writes the outcome's pair of events, which are built here beforehand for both
+    /// outcomes. The order id comes from a block taken from the sequence ahead of time. No other
+    /// transaction can see the order before its events are written. A `failed` order is stored
+    /// and its events written, then reported as `NotEnoughStock`.
     pub async fn create_order(&self, order: &NewOrder, facts: Facts<'_>) -> Result<i64, Error> {
+        let order_id = self.ids.next(&self.pool).await?;
         let (skus, counts) = columns(&order.lines);
         let (reserved_status, failed_status) = (Status::created(true), Status::created(false));
         // Both outcomes have the same number of events: `new`, then the outcome.
         let event_seq = reserved_status.history().len() as i64;
-        let mut tx = self.pool.begin().await?;
-        let (order_id, reserved, locked_skus, available): (i64, bool, Vec<i64>, Vec<i64>) =
-            sqlx::query_as(
-                "WITH req AS (
+        let change = |status, previous, sequence, reason| Change {
+            order_id,
+            user_id: order.user_id,
+            status,
+            previous,
+            sequence,
+            lines: &order.lines,
+            facts,
+            reason,
+        };
+        let at = SystemTime::now();
+        let outcome = |status, reason| {
+            self.outbox.rows(
+                &[
+                    change(Status::New, None, 1, None),
+                    change(status, Some(Status::New), event_seq, reason),
+                ],
+                at,
+            )
+        };
+        let reserved_rows = outcome(reserved_status, None);
+        // The event is built before the statement decides, so it names what could not be
+        // reserved as a whole; the reply names the sku short and the counts, read back.
+        let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)));
+        let (reserved, locked_skus, available): (bool, Vec<i64>, Vec<i64>) = sqlx::query_as(
+            "WITH req AS (
                  SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
              ), locked AS (
                  SELECT sku, total_count - reserved AS available FROM stocks
@@ -71,59 +135,55 @@ impl Storage {
                  UPDATE stocks s SET reserved = s.reserved + req.count
                  FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
              ), new_order AS (
-                 INSERT INTO orders (user_id, status, event_seq)
-                 SELECT $1, CASE WHEN ok THEN $4 ELSE $5 END, $6 FROM verdict
+                 INSERT INTO orders (id, user_id, status, event_seq)
+                 SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6 FROM verdict
                  RETURNING id
              ), items AS (
                  INSERT INTO order_items (order_id, sku, count)
                  SELECT new_order.id, req.sku, req.count FROM new_order, req
+             ), events AS (
+                 INSERT INTO outbox (topic, key, payload, headers)
+                 SELECT $8, e.k, e.p, e.h FROM new_order, verdict,
+                     unnest($9::text[],
+                            CASE WHEN verdict.ok THEN $10::bytea[] ELSE $12::bytea[] END,
+                            CASE WHEN verdict.ok THEN $11::jsonb[] ELSE $13::jsonb[] END)
+                         WITH ORDINALITY AS e(k, p, h, n)
+                 ORDER BY e.n
              )
-             SELECT new_order.id, verdict.ok,
+             SELECT verdict.ok,
                     COALESCE((SELECT array_agg(sku ORDER BY sku) FROM locked), '{}'),
                     COALESCE((SELECT array_agg(available ORDER BY sku) FROM locked), '{}')
-             FROM new_order, verdict",
-            )
-            .bind(order.user_id)
-            .bind(&skus)
-            .bind(&counts)
-            .bind(reserved_status)
-            .bind(failed_status)
-            .bind(event_seq)
-            .fetch_one(&mut *tx)
-            .await?;
+             FROM verdict",
+        )
+        .bind(order.user_id)
+        .bind(&skus)
+        .bind(&counts)
+        .bind(reserved_status)
+        .bind(failed_status)
+        .bind(event_seq)
+        .bind(order_id)
+        .bind(&self.outbox.topic)
+        .bind(&reserved_rows.keys)
+        .bind(&reserved_rows.payloads)
+        .bind(&reserved_rows.headers)
+        .bind(&failed_rows.payloads)
+        .bind(&failed_rows.headers)
+        .fetch_one(&self.pool)
+        .await?;
+        self.outbox.written.notify_one();
+        if reserved {
+            return Ok(order_id);
+        }
         let available: Vec<(i64, i64)> = locked_skus.into_iter().zip(available).collect();
-        let failure = shortage(&order.lines, &available);
-        if reserved != failure.is_none() {
-            // The database and this check disagree: store nothing rather than a wrong order.
-            return Err(Error::Internal(anyhow::anyhow!(
-                "reservation verdict {reserved} but shortage {failure:?} for order {order_id}"
-            )));
-        }
-        let status = Status::created(reserved);
-        let change = |status, previous, sequence, reason| Change {
-            order_id,
-            user_id: order.user_id,
-            status,
-            previous,
-            sequence,
-            lines: &order.lines,
-            facts,
-            reason,
-        };
-        self.outbox
-            .write(
-                &mut tx,
-                &[
-                    change(Status::New, None, 1, None),
-                    change(status, Some(Status::New), event_seq, failure.clone()),
-                ],
-            )
-            .await?;
-        self.commit(tx).await?;
-        match failure {
-            None => Ok(order_id),
-            Some(shortage) => Err(Error::NotEnoughStock { order_id, shortage }),
-        }
+        let shortage = shortage(&order.lines, &available).unwrap_or_else(|| {
+            // The database is the judge; this only explains its verdict.
+            tracing::warn!(
+                order_id,
+                "order failed although the stock read back covers it"
+            );
+            NOT_ENOUGH_STOCK.to_string()
+        });
+        Err(Error::NotEnoughStock { order_id, shortage })
     }
 
     /// The order with its lines, in one round trip.
@@ -222,6 +282,15 @@ impl Storage {
         self.outbox.written.notify_one();
         Ok(())
     }
+}
+
+/// The reason a `failed` order's event gives: the lines that could not all be reserved.
+fn unreservable(lines: &[Line]) -> String {
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|l| format!("sku {} x {}", l.sku, l.count))
+        .collect();
+    format!("{NOT_ENOUGH_STOCK} for all of: {}", lines.join(", "))
 }
 
 /// Why the stock cannot cover `lines`, if it cannot. `available` is sorted by sku.
