@@ -307,6 +307,10 @@ impl LomsProcess {
         api::LomsClient::connect(format!("http://{}", self.grpc)).await
     }
 
+    pub fn options(&self) -> &LomsOptions {
+        &self.options
+    }
+
     /// Whether its relay holds the leader lock, from its metrics.
     pub async fn is_relay_leader(&self) -> bool {
         relay_leader(&self.http).await

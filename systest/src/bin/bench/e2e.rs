@@ -1,0 +1,174 @@
+//! End-to-end latency at a steady rate: from OrderCreate's reply to the notifier's log line of
+//! the order's `awaiting payment` event, and where the time goes, stage by stage, from the
+//! services' own histograms.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use loms::domain::Status;
+use serde_json::{json, Value};
+use systest::percentile;
+use testkit::process::{free_port, NotifierOptions};
+
+use crate::histogram::{self, Buckets};
+
+/// How long the notifier may take to log the last events of a run.
+const LOG_PATIENCE: Duration = Duration::from_secs(60);
+/// The quantiles reported.
+pub const QUANTILES: [(&str, f64); 4] =
+    [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p99_9", 0.999)];
+
+/// The stages, as (name in the report, the histogram, whose `/metrics` has it).
+const STAGES: [(&str, &str, Side); 4] = [
+    ("outbox_wait", "loms_outbox_wait_seconds", Side::Loms),
+    ("publish", "loms_relay_publish_seconds", Side::Loms),
+    ("relay_cycle", "loms_relay_cycle_seconds", Side::Loms),
+    (
+        "event_age_at_notifier",
+        "notifier_event_age_seconds",
+        Side::Notifier,
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Side {
+    Loms,
+    Notifier,
+}
+
+pub struct E2e {
+    pub rate: u64,
+    /// Reply to log line, per order, sorted, in milliseconds.
+    pub overall_ms: Vec<f64>,
+    pub stages: Vec<(&'static str, Buckets)>,
+}
+
+impl E2e {
+    pub fn p(&self, q: f64) -> f64 {
+        percentile(&self.overall_ms, q)
+    }
+
+    pub fn json(&self) -> Value {
+        let quantiles = |f: &dyn Fn(f64) -> f64| -> Value {
+            QUANTILES
+                .iter()
+                .map(|(name, q)| (name.to_string(), json!(f(*q))))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let stages: serde_json::Map<String, Value> = self
+            .stages
+            .iter()
+            .map(|(name, b)| (name.to_string(), quantiles(&|q| b.quantile_ms(q))))
+            .collect();
+        json!({
+            "rate_per_s": self.rate,
+            "orders": self.overall_ms.len(),
+            "latency_ms": quantiles(&|q| self.p(q)),
+            "stages_ms": stages,
+        })
+    }
+
+    /// Distributions for the plot: each stage's, and the overall one.
+    pub fn cdfs(&self) -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = self
+            .stages
+            .iter()
+            .map(|(name, b)| (name.to_string(), b.cdf()))
+            .collect();
+        let n = self.overall_ms.len().max(1) as f64;
+        let overall = self
+            .overall_ms
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| (*ms, (i + 1) as f64 / n))
+            .collect();
+        series.push(("reply_to_log".into(), overall));
+        series
+    }
+}
+
+/// Orders at `rate` per second for `secs`, each measured from its reply to its log line.
+pub async fn run(secs: u64, rate: u64) -> E2e {
+    let (loms, topic) = crate::system("e2e").await;
+    let log = crate::out_dir().join("notifier-e2e.log");
+    let _ = std::fs::remove_file(&log);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let notifier = NotifierOptions::new(&topic, "bench-e2e")
+        .log(&log)
+        .metrics(&metrics)
+        .start();
+    // The clock starts once the notifier has joined its group.
+    notifier.joined().await;
+    let client = api::LomsClient::connect(format!("http://{}", loms.grpc))
+        .await
+        .expect("gRPC connect");
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut calls = Vec::new();
+    for i in 0..secs * rate {
+        ticker.tick().await;
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let reply = client.order_create(crate::create_request(i)).await;
+            (
+                reply.expect("OrderCreate").get_ref().order_id,
+                SystemTime::now(),
+            )
+        }));
+    }
+    let replies: HashMap<i64, SystemTime> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|c| c.expect("a call"))
+        .collect();
+    let mut logged: HashMap<i64, SystemTime> = HashMap::new();
+    testkit::eventually("the notifier logs every order", LOG_PATIENCE, || {
+        logged = logged_at(&notifier.process.json_lines());
+        std::future::ready(logged.len() >= replies.len())
+    })
+    .await;
+    let mut overall_ms: Vec<f64> = replies
+        .iter()
+        .filter_map(|(id, reply)| {
+            let at = logged.get(id)?;
+            Some(
+                at.duration_since(*reply)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            )
+        })
+        .collect();
+    overall_ms.sort_by(f64::total_cmp);
+    let (loms_text, notifier_text) = (
+        histogram::scrape(&loms.http).await,
+        histogram::scrape(&metrics).await,
+    );
+    let stages = STAGES
+        .iter()
+        .map(|(name, metric, side)| {
+            let text = match side {
+                Side::Loms => &loms_text,
+                Side::Notifier => &notifier_text,
+            };
+            (*name, histogram::parse(text, metric))
+        })
+        .collect();
+    E2e {
+        rate,
+        overall_ms,
+        stages,
+    }
+}
+
+/// When the notifier logged each order's `awaiting payment` event, from its JSON log lines.
+fn logged_at(lines: &[Value]) -> HashMap<i64, SystemTime> {
+    lines
+        .iter()
+        .filter(|v| {
+            v["message"] == "order event" && v["status"] == Status::AwaitingPayment.as_str()
+        })
+        .filter_map(|v| {
+            let at = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()?;
+            Some((v["order_id"].as_i64()?, at.into()))
+        })
+        .collect()
+}

@@ -1,0 +1,284 @@
+//! `make bench` / `make bench-quick`: throughput, latency and drain of the real system on the
+//! local stack (`DATABASE_URL`, `KAFKA_BROKERS` from deploy/local/with-stack.sh), with release
+//! builds of loms and notifier run as processes. Prints tables, writes
+//! `target/bench/results.json` and the figures beside it (SVG). `--quick` runs the same
+//! measurements, shorter.
+
+mod consume;
+mod drain;
+mod e2e;
+mod histogram;
+mod load;
+mod pgbench;
+mod plot;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api::loms::{Item, OrderCreateRequest, OrderInfoRequest};
+use serde_json::json;
+use systest::{load_database, load_sku};
+use testkit::kafka::fresh_topic;
+use testkit::process::LomsProcess;
+use testkit::stack::target_dir;
+
+use crate::e2e::E2e;
+use crate::load::Load;
+
+/// Concurrent clients of the OrderCreate and OrderInfo runs (and of pgbench's).
+const CLIENTS: u64 = 64;
+/// The fixed rates of the end-to-end runs, kept for comparison with earlier figures; a third
+/// runs at half the OrderCreate capacity measured in the same run.
+const HIGH_RATE: u64 = 500;
+const LOW_RATE: u64 = 100;
+
+struct Plan {
+    load_secs: u64,
+    e2e_secs: u64,
+    drain_events: i64,
+    consume_events: usize,
+}
+
+fn out_dir() -> PathBuf {
+    target_dir("bench")
+}
+
+fn create_request(i: u64) -> OrderCreateRequest {
+    OrderCreateRequest {
+        user_id: i as i64 + 1,
+        items: vec![Item {
+            sku: load_sku(i),
+            count: 1,
+        }],
+    }
+}
+
+/// A loms (with its relay) on a database and topic of its own for the run `name`.
+async fn system(name: &str) -> (LomsProcess, String) {
+    let db = load_database(&format!("bench_{name}")).await;
+    let topic = fresh_topic(&format!("bench.{name}"), 2).await;
+    let log = out_dir().join(format!("loms-{name}.log"));
+    (systest::loms(&db, &topic, &log).start().await, topic)
+}
+
+/// OrderCreate with 64 clients (relay and a notifier running, as in production), then
+/// OrderInfo with 64 clients on the orders just made; and peak memory of both services.
+async fn create_and_info(secs: u64) -> (Load, Load, f64, f64) {
+    let (loms, topic) = system("create").await;
+    let notifier = systest::notifier(
+        &topic,
+        "bench-create",
+        &out_dir().join("notifier-create.log"),
+    );
+    let run = Duration::from_secs(secs);
+    let create = load::closed_loop(&loms.grpc, CLIENTS, run, |mut client, i| async move {
+        client
+            .order_create(create_request(i))
+            .await
+            .expect("OrderCreate");
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&loms.options().database_url)
+        .await
+        .expect("connect");
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("order ids");
+    let ids = std::sync::Arc::new(ids);
+    let info = load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
+        let order_id = ids[(i as usize * 7919) % ids.len()];
+        async move {
+            client
+                .order_info(OrderInfoRequest { order_id })
+                .await
+                .expect("OrderInfo");
+        }
+    })
+    .await;
+    let rss = (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb());
+    (create, info, rss.0, rss.1)
+}
+
+fn print_e2e(e: &E2e) {
+    println!(
+        "   at {}/s, {} orders: reply to log p50 {:.2} / p95 {:.2} / p99 {:.2} / p99.9 {:.2} ms",
+        e.rate,
+        e.overall_ms.len(),
+        e.p(0.5),
+        e.p(0.95),
+        e.p(0.99),
+        e.p(0.999)
+    );
+    for (name, b) in &e.stages {
+        println!(
+            "     {name:<22} p50 {:>7.2} / p95 {:>7.2} / p99 {:>7.2} / p99.9 {:>7.2} ms",
+            b.quantile_ms(0.5),
+            b.quantile_ms(0.95),
+            b.quantile_ms(0.99),
+            b.quantile_ms(0.999)
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan {
+            load_secs: 8,
+            e2e_secs: 6,
+            drain_events: 30_000,
+            consume_events: 50_000,
+        }
+    } else {
+        Plan {
+            load_secs: 30,
+            e2e_secs: 20,
+            drain_events: 100_000,
+            consume_events: 200_000,
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "bench ({}) on {cores} cores",
+        if quick { "quick" } else { "full" }
+    );
+
+    let (create, info, rss_loms, rss_notifier) = create_and_info(plan.load_secs).await;
+    println!(
+        "1. OrderCreate, {CLIENTS} clients, {} s: {:.0} orders/s, p50 {:.2} ms, p99 {:.2} ms",
+        plan.load_secs,
+        create.rate(),
+        create.p(0.5),
+        create.p(0.99)
+    );
+    println!(
+        "   OrderInfo, {CLIENTS} clients, {} s: {:.0} /s, p50 {:.2} ms, p99 {:.2} ms",
+        plan.load_secs,
+        info.rate(),
+        info.p(0.5),
+        info.p(0.99)
+    );
+    pgbench::init();
+    let pg_update = pgbench::tps("simple-update", CLIENTS, plan.load_secs);
+    let pg_select = pgbench::tps("select-only", CLIENTS, plan.load_secs);
+    println!("   pgbench, {CLIENTS} clients, {} s: simple-update {pg_update:.0} tps, select-only {pg_select:.0} tps", plan.load_secs);
+
+    let half = ((create.rate() / 2.0) as u64).max(1);
+    println!("2. end to end (reply to the notifier's log line), and per stage:");
+    let mut e2e = Vec::new();
+    for rate in [half, HIGH_RATE, LOW_RATE] {
+        let run = e2e::run(plan.e2e_secs, rate).await;
+        print_e2e(&run);
+        e2e.push(run);
+    }
+    let (drain, raw, size) = drain::run(plan.drain_events).await;
+    println!(
+        "3. relay drain of {} events ({size} B): {drain:.0} events/s; raw producer {raw:.0} msgs/s",
+        plan.drain_events
+    );
+    let consume = consume::run(plan.consume_events).await;
+    println!(
+        "4. notifier on {} events: {consume:.0} events/s",
+        plan.consume_events
+    );
+    println!("5. peak RSS during 1: loms {rss_loms:.1} MB, notifier {rss_notifier:.1} MB");
+
+    let figures = write_figures(&create, &info, &e2e);
+    let (at_half, at_high, at_low) = (&e2e[0], &e2e[1], &e2e[2]);
+    let results = json!({
+        "mode": if quick { "quick" } else { "full" },
+        "cores": cores,
+        "create_throughput_per_s": create.rate(),
+        "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
+        "pgbench_tps": pg_update,
+        "create_vs_pgbench": create.rate() / pg_update,
+        "info_throughput_per_s": info.rate(),
+        "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
+        "pgbench_select_only_tps": pg_select,
+        "info_vs_pgbench_select_only": info.rate() / pg_select,
+        "e2e_latency_ms": {"p50": at_high.p(0.5), "p95": at_high.p(0.95), "p99": at_high.p(0.99)},
+        "e2e_orders_measured": at_high.overall_ms.len(),
+        "e2e_latency_ms_at_100_per_s": {"p50": at_low.p(0.5), "p95": at_low.p(0.95), "p99": at_low.p(0.99)},
+        "e2e_runs": e2e.iter().map(E2e::json).collect::<Vec<_>>(),
+        "e2e_half_capacity_rate_per_s": half,
+        "relay_drain_per_s": drain,
+        "raw_producer_per_s": raw,
+        "relay_vs_raw": drain / raw,
+        "event_size_bytes": size,
+        "notifier_consume_per_s": consume,
+        "rss_mb": {"loms": rss_loms, "notifier": rss_notifier},
+        "figures": figures,
+    });
+    let path = out_dir().join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json"))
+        .expect("write results");
+    println!();
+    println!("| measure | figure | goal |");
+    println!("|---|---|---|");
+    println!(
+        "| OrderCreate, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench simple-update {pg_update:.0} tps | >= 0.7 |",
+        create.rate(),
+        create.rate() / pg_update
+    );
+    println!(
+        "| OrderInfo, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench select-only {pg_select:.0} tps | >= 0.4 |",
+        info.rate(),
+        info.rate() / pg_select
+    );
+    for (e, goal) in [
+        (at_half, "p99 <= 20, p50 <= 5 ms"),
+        (at_high, "p99 <= 30 ms"),
+        (at_low, ""),
+    ] {
+        println!(
+            "| end to end at {}/s | p50 {:.1} / p95 {:.1} / p99 {:.1} / p99.9 {:.1} ms | {goal} |",
+            e.rate,
+            e.p(0.5),
+            e.p(0.95),
+            e.p(0.99),
+            e.p(0.999)
+        );
+    }
+    println!(
+        "| relay drain | {drain:.0} events/s, {:.2} of the raw producer's {raw:.0}/s | >= 0.7 |",
+        drain / raw
+    );
+    println!("| notifier consumption | {consume:.0} events/s | >= 50,000/s |");
+    println!("| peak RSS | loms {rss_loms:.1} MB, notifier {rss_notifier:.1} MB | <= 64 MB each |");
+    println!("results: {}", path.display());
+}
+
+/// Draws the figures; their file names, for the results.
+fn write_figures(create: &Load, info: &Load, e2e: &[E2e]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut draw = |name: String, result: Result<(), Box<dyn std::error::Error>>| match result {
+        Ok(()) => names.push(name),
+        Err(e) => eprintln!("bench: figure {name} not drawn: {e}"),
+    };
+    for run in e2e {
+        let name = format!("latency-{}-per-s.svg", run.rate);
+        let title = format!(
+            "End to end at {} orders/s: distribution per stage",
+            run.rate
+        );
+        draw(
+            name.clone(),
+            plot::latency_cdf(&out_dir().join(&name), &title, &run.cdfs()),
+        );
+    }
+    let series = [
+        ("OrderCreate".to_string(), create.per_second.clone()),
+        ("OrderInfo".to_string(), info.per_second.clone()),
+    ];
+    draw(
+        "throughput.svg".into(),
+        plot::throughput(
+            &out_dir().join("throughput.svg"),
+            &format!("Throughput over time, {CLIENTS} clients"),
+            &series,
+        ),
+    );
+    names
+}
