@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The real local stack as plain processes: PostgreSQL 15 and a single-node KRaft Apache Kafka
-# broker from Maven Central jars, with the topics created by deploy/kafka-init.sh (the same step
-# the compose file runs).
+# The real local stack as plain processes: PostgreSQL 15 and a KRaft Apache Kafka cluster
+# (one node by default, or three) from Maven Central jars, with the topics created by
+# deploy/kafka-init.sh (the same step the compose file runs).
 #
-#   stack.sh up | down | status | env | kafka-stop | kafka-start | pg-stop | pg-start | init
+#   stack.sh up | down | status | env | pg-stop | pg-start | init
+#   stack.sh kafka-stop [N] | kafka-kill [N] | kafka-start [N]    one node by number, or all
 #
 #   STACK_DIR              state folder (default /tmp/loms-stack)
 #   PG_PORT                PostgreSQL port (default 5432)
-#   KAFKA_PORT             broker port (default 9092)
-#   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
+#   KAFKA_NODES            1 (default) or 3: combined broker+controller nodes
+#   KAFKA_PORT             broker port of a single node (default 9092)
+#   KAFKA_CONTROLLER_PORT  its KRaft controller port (default 9093)
+#   KAFKA_PORTS            broker ports of the nodes, comma-separated (default: KAFKA_PORT for
+#                          one node; 9092,9094,9096 for three)
+#   KAFKA_CONTROLLER_PORTS their controller ports (default: 9093,9095,9097 for three)
+#   With three nodes, kafka-init creates loms.order-events with replication factor 3 and
+#   min.insync.replicas=2.
 #   KAFKA_VERSION          default 4.1.0 (the compose file's apache/kafka image is the same)
 #   KAFKA_LIBS_CACHE       where the jars are kept (default ~/.cache/loms-stack/kafka-<version>)
 set -euo pipefail
@@ -18,6 +25,26 @@ STACK_DIR=${STACK_DIR:-/tmp/loms-stack}
 PG_PORT=${PG_PORT:-5432}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_NODES=${KAFKA_NODES:-1}
+case "$KAFKA_NODES" in
+  1)
+    KAFKA_PORTS=${KAFKA_PORTS:-$KAFKA_PORT}
+    KAFKA_CONTROLLER_PORTS=${KAFKA_CONTROLLER_PORTS:-$KAFKA_CONTROLLER_PORT}
+    ;;
+  3)
+    KAFKA_PORTS=${KAFKA_PORTS:-9092,9094,9096}
+    KAFKA_CONTROLLER_PORTS=${KAFKA_CONTROLLER_PORTS:-9093,9095,9097}
+    ;;
+  *) echo "stack: KAFKA_NODES must be 1 or 3, not $KAFKA_NODES" >&2; exit 2 ;;
+esac
+IFS=, read -r -a broker_ports <<<"$KAFKA_PORTS"
+IFS=, read -r -a controller_ports <<<"$KAFKA_CONTROLLER_PORTS"
+if [ ${#broker_ports[@]} -ne "$KAFKA_NODES" ] || [ ${#controller_ports[@]} -ne "$KAFKA_NODES" ]; then
+  echo "stack: KAFKA_PORTS and KAFKA_CONTROLLER_PORTS must name $KAFKA_NODES ports each" >&2
+  exit 2
+fi
+# Replicated topics need every node: a write is acknowledged by two of three.
+if [ "$KAFKA_NODES" = 3 ]; then REPLICATION=3; MIN_ISR=2; else REPLICATION=1; MIN_ISR=1; fi
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.0}
 LOG4J_VERSION=2.24.3
 KAFKA_LIBS_CACHE=${KAFKA_LIBS_CACHE:-$HOME/.cache/loms-stack/kafka-$KAFKA_VERSION}
@@ -41,8 +68,16 @@ as_pg() {
 }
 
 pg_running() { [ -f "$pg_dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; }
-kafka_pid() { cat "$kafka_dir/kafka.pid" 2>/dev/null || true; }
-kafka_running() { local pid; pid=$(kafka_pid); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# Node n (1-based) keeps its state in node_dir n: the single node in kafka/, as before.
+node_dir() { if [ "$KAFKA_NODES" = 1 ]; then echo "$kafka_dir"; else echo "$kafka_dir/node-$1"; fi; }
+node_pid() { cat "$(node_dir "$1")/kafka.pid" 2>/dev/null || true; }
+node_running() { local pid; pid=$(node_pid "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+nodes() { seq 1 "$KAFKA_NODES"; }
+bootstrap() {
+  local n out=()
+  for n in $(nodes); do out+=("127.0.0.1:${broker_ports[$((n - 1))]}"); done
+  (IFS=,; echo "${out[*]}")
+}
 
 psql_stack() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
@@ -109,36 +144,41 @@ kafka_tool() { # class, args...
   java -Xmx256m -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" -cp "$libs/*" "$class" "$@"
 }
 
-kafka_start() {
-  if kafka_running; then return 0; fi
-  fetch_kafka
-  mkdir -p "$kafka_dir/data" "$kafka_dir/logs"
-  cat >"$kafka_dir/server.properties" <<PROPS
+write_configs() { # node
+  local n=$1 dir voters="" i
+  dir=$(node_dir "$n")
+  for i in $(nodes); do voters+="${voters:+,}$i@127.0.0.1:${controller_ports[$((i - 1))]}"; done
+  mkdir -p "$dir/data" "$dir/logs"
+  cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:${broker_ports[$((n - 1))]},CONTROLLER://127.0.0.1:${controller_ports[$((n - 1))]}
+advertised.listeners=PLAINTEXT://127.0.0.1:${broker_ports[$((n - 1))]}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$kafka_dir/data
+log.dirs=$dir/data
 num.partitions=1
-offsets.topic.replication.factor=1
+default.replication.factor=$REPLICATION
+min.insync.replicas=$MIN_ISR
+offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$MIN_ISR
+share.coordinator.state.topic.replication.factor=$REPLICATION
+share.coordinator.state.topic.min.isr=$MIN_ISR
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+# A clean stop hands leadership over before the node goes.
+controlled.shutdown.enable=true
 PROPS
-  cat >"$kafka_dir/log4j2.properties" <<PROPS
+  cat >"$dir/log4j2.properties" <<PROPS
 rootLogger.level=INFO
 rootLogger.appenderRef.file.ref=file
 appender.file.type=File
 appender.file.name=file
-appender.file.fileName=$kafka_dir/logs/server.log
+appender.file.fileName=$dir/logs/server.log
 appender.file.layout.type=PatternLayout
 appender.file.layout.pattern=[%d] %p %m (%c)%n
 logger.kafka.name=org.apache.kafka
@@ -153,62 +193,96 @@ appender.stderr.target=SYSTEM_ERR
 appender.stderr.layout.type=PatternLayout
 appender.stderr.layout.pattern=%p %m%n
 PROPS
-  if [ ! -f "$kafka_dir/data/meta.properties" ]; then
-    local cluster_id
-    cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-    java -cp "$libs/*" -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" kafka.tools.StorageTool \
-      format -t "$cluster_id" -c "$kafka_dir/server.properties" >"$kafka_dir/format.log" 2>&1 ||
-      fail_with_log "formatting the KRaft log folder failed" "$kafka_dir/format.log"
+}
+
+cluster_id() {
+  if [ ! -f "$kafka_dir/cluster.id" ]; then
+    python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
+      >"$kafka_dir/cluster.id"
   fi
-  # setsid: the broker outlives this script, in a session of its own, and ignores the caller's
+  cat "$kafka_dir/cluster.id"
+}
+
+node_start() { # node
+  local n=$1 dir
+  if node_running "$n"; then return 0; fi
+  dir=$(node_dir "$n")
+  write_configs "$n"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    java -cp "$libs/*" -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" kafka.tools.StorageTool \
+      format -t "$(cluster_id)" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+      fail_with_log "formatting the KRaft log folder of node $n failed" "$dir/format.log"
+  fi
+  # setsid: the node outlives this script, in a session of its own, and ignores the caller's
   # Ctrl-C; `down` stops it by its pid.
   setsid java -Xms256m -Xmx${KAFKA_HEAP:-768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$kafka_dir/logs" -Dlog4j2.configurationFile="$kafka_dir/log4j2.properties" \
-    -cp "$libs/*" kafka.Kafka "$kafka_dir/server.properties" \
-    >"$kafka_dir/logs/stdout.log" 2>&1 </dev/null &
-  echo $! >"$kafka_dir/kafka.pid"
-  # A metadata round trip, not an open port, says the broker works: kafka-init waits for a
-  # topic listing before it creates anything.
-  INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-90} kafka_init >"$kafka_dir/init.log" 2>&1 || {
-    kafka_running || fail_with_log "the Kafka broker exited" "$kafka_dir/logs/server.log"
+    -Dkafka.logs.dir="$dir/logs" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
+    >"$dir/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/kafka.pid"
+}
+
+# Starts node `$1`, or every node, and waits until the cluster serves: a metadata round trip
+# and the topics in place, not an open port.
+kafka_start() {
+  local n started=
+  fetch_kafka
+  mkdir -p "$kafka_dir"
+  for n in ${1:-$(nodes)}; do
+    if ! node_running "$n"; then node_start "$n"; started=1; fi
+  done
+  if [ -z "$started" ]; then return 0; fi
+  INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-120} kafka_init >"$kafka_dir/init.log" 2>&1 || {
+    for n in $(nodes); do
+      node_running "$n" || fail_with_log "Kafka node $n exited" "$(node_dir "$n")/logs/server.log"
+    done
     cat "$kafka_dir/init.log" >&2
-    fail_with_log "the Kafka broker is not ready" "$kafka_dir/logs/server.log"
+    fail_with_log "the Kafka cluster is not ready" "$(node_dir 1)/logs/server.log"
   }
-  log "Kafka up on 127.0.0.1:$KAFKA_PORT; $(tr '\n' ' ' <"$kafka_dir/init.log")"
+  log "Kafka up on $(bootstrap); $(tr '\n' ' ' <"$kafka_dir/init.log")"
 }
 
 # deploy/kafka-init.sh, the compose file's init step, with the tools of the cached jars.
 kafka_init() {
-  KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT \
+  KAFKA_BOOTSTRAP=$(bootstrap) REPLICATION_FACTOR=$REPLICATION MIN_INSYNC_REPLICAS=$MIN_ISR \
     KAFKA_TOPICS_CMD="java -Xmx256m -Dlog4j2.configurationFile=$kafka_dir/tools-log4j2.properties -cp $libs/* org.apache.kafka.tools.TopicCommand" \
     "$here/../kafka-init.sh"
 }
 
-kafka_stop() {
-  local pid
-  pid=$(kafka_pid)
+node_stop() { # node, signal
+  local n=$1 signal=$2 pid dir
+  dir=$(node_dir "$n")
+  pid=$(node_pid "$n")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
+    kill "-$signal" "$pid"
+    local deadline=$((SECONDS + 60))
     while kill -0 "$pid" 2>/dev/null; do
       if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
       sleep 0.2
     done
-    log "Kafka stopped"
+    if [ "$KAFKA_NODES" = 1 ]; then log "Kafka stopped ($signal)"; else log "Kafka node $n stopped ($signal)"; fi
   fi
-  rm -f "$kafka_dir/kafka.pid"
+  rm -f "$dir/kafka.pid"
 }
+
+kafka_stop() { local n; for n in ${1:-$(nodes)}; do node_stop "$n" TERM; done; }
+kafka_kill() { local n; for n in ${1:-$(nodes)}; do node_stop "$n" KILL; done; }
 
 print_env() {
   echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
-  echo "KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT"
+  echo "KAFKA_BROKERS=$(bootstrap)"
+  echo "KAFKA_NODES=$KAFKA_NODES"
+  echo "KAFKA_REPLICATION=$REPLICATION"
   echo "STACK_DIR=$STACK_DIR"
 }
 
 status() {
   local rc=0
   if pg_running; then echo "postgres: up (127.0.0.1:$PG_PORT)"; else echo "postgres: down"; rc=3; fi
-  if kafka_running; then echo "kafka: up (127.0.0.1:$KAFKA_PORT, pid $(kafka_pid))"; else echo "kafka: down"; rc=3; fi
+  local n
+  for n in $(nodes); do
+    if node_running "$n"; then echo "kafka node $n: up (127.0.0.1:${broker_ports[$((n - 1))]}, pid $(node_pid "$n"))"; else echo "kafka node $n: down"; rc=3; fi
+  done
   return $rc
 }
 
@@ -224,14 +298,15 @@ case "${1:-}" in
     ;;
   status) status ;;
   env) print_env ;;
-  kafka-stop) kafka_stop ;;
-  kafka-start) kafka_start ;;
+  kafka-stop) kafka_stop "${2:-}" ;;
+  kafka-kill) kafka_kill "${2:-}" ;;
+  kafka-start) kafka_start "${2:-}" ;;
   pg-stop) pg_stop ;;
   pg-start) pg_start ;;
   fetch) fetch_kafka ;;
   init) kafka_init ;;
   *)
-    echo "usage: $0 up|down|status|env|kafka-stop|kafka-start|pg-stop|pg-start|fetch|init" >&2
+    echo "usage: $0 up|down|status|env|kafka-stop [N]|kafka-kill [N]|kafka-start [N]|pg-stop|pg-start|fetch|init" >&2
     exit 2
     ;;
 esac

@@ -2,7 +2,8 @@
 # Runs a command against a local stack: the one named by DATABASE_URL and KAFKA_BROKERS if both
 # are set, otherwise a fresh stack on free ports in a temporary folder, stopped afterwards even
 # when the command fails. The command sees DATABASE_URL, KAFKA_BROKERS and STACK_DIR (tests use
-# STACK_DIR with stack.sh to stop and start the broker or the database).
+# STACK_DIR with stack.sh to stop and start the broker or the database). KAFKA_NODES=3 makes the
+# fresh stack's Kafka a three-node cluster.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -16,6 +17,13 @@ PG_PORT=$(free_port)
 KAFKA_PORT=$(free_port)
 KAFKA_CONTROLLER_PORT=$(free_port)
 export STACK_DIR PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
+if [ "${KAFKA_NODES:-1}" = 3 ]; then
+  KAFKA_PORTS=$KAFKA_PORT,$(free_port),$(free_port)
+  KAFKA_CONTROLLER_PORTS=$KAFKA_CONTROLLER_PORT,$(free_port),$(free_port)
+  # Three JVMs share the machine with everything else.
+  KAFKA_HEAP=${KAFKA_HEAP:-512m}
+  export KAFKA_PORTS KAFKA_CONTROLLER_PORTS KAFKA_HEAP
+fi
 chmod 755 "$STACK_DIR"
 
 cleanup() {

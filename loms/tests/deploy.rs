@@ -4,15 +4,56 @@ use serde_json::{json, Value};
 use testkit::compose::{self, assert_env_configures, environment, read};
 
 #[test]
-fn compose_file_follows_the_compose_specification() {
+fn compose_files_follow_the_compose_specification() {
     let schema: Value = serde_json::from_str(&read("deploy/schema/compose-spec.json")).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let compose = compose::compose();
-    let errors: Vec<String> = validator
-        .iter_errors(&compose)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
+    for file in compose::FILES {
+        let compose = compose::compose_file(file);
+        let errors: Vec<String> = validator
+            .iter_errors(&compose)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+}
+
+/// The three-node file: three KRaft nodes in one quorum, the topic replicated three times with
+/// two in-sync replicas required, and every client pointed at all three nodes.
+#[test]
+fn replicated_topology() {
+    let c = compose::compose_file(compose::FILES[1]);
+    let nodes = ["kafka", "kafka-2", "kafka-3"];
+    let all = "kafka:29092,kafka-2:29092,kafka-3:29092";
+    for (i, node) in nodes.iter().enumerate() {
+        let env = environment(&c, node);
+        assert_eq!(env["KAFKA_NODE_ID"], (i + 1).to_string(), "{node}");
+        assert_eq!(
+            env["KAFKA_CONTROLLER_QUORUM_VOTERS"],
+            "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+        );
+        assert!(env["KAFKA_ADVERTISED_LISTENERS"].contains(&format!("{node}:29092")));
+        assert_eq!(env["KAFKA_MIN_INSYNC_REPLICAS"], "2");
+        assert_eq!(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], "3");
+        assert_eq!(
+            c["services"]["kafka-init"]["depends_on"][node]["condition"],
+            "service_healthy"
+        );
+    }
+    let init = environment(&c, "kafka-init");
+    assert_eq!(init["REPLICATION_FACTOR"], "3");
+    assert_eq!(init["MIN_INSYNC_REPLICAS"], "2");
+    assert_eq!(init["KAFKA_BOOTSTRAP"], all);
+    assert_eq!(environment(&c, "loms")["LOMS_KAFKA__BROKERS"], all);
+    for i in 1..=3 {
+        assert_eq!(
+            environment(&c, &format!("notifier-{i}"))["NOTIFIER_KAFKA__BROKERS"],
+            all
+        );
+    }
+    let ui_mount = c["services"]["kafka-ui"]["volumes"][0].as_str().unwrap();
+    let ui_file = ui_mount.split(':').next().unwrap().trim_start_matches("./");
+    let ui: Value = serde_yaml_ng::from_str(&read(&format!("deploy/{ui_file}"))).unwrap();
+    assert_eq!(ui["kafka"]["clusters"][0]["bootstrapServers"], all);
 }
 
 #[test]
@@ -77,7 +118,9 @@ fn topology() {
     );
     let script = read("deploy/kafka-init.sh");
     assert!(script.contains(r#"ensure_topic "${ORDER_EVENTS_TOPIC:-loms.order-events}" 2"#));
-    assert!(script.contains("--replication-factor 1"));
+    // Replication factor 1 unless the environment asks for more (the three-node file does).
+    assert!(script.contains("replication=${REPLICATION_FACTOR:-1}"));
+    assert!(!environment(&c, "kafka-init").contains_key("REPLICATION_FACTOR"));
     assert!(
         stack.contains("kafka-init.sh"),
         "the local stack runs the same init script"
@@ -153,12 +196,20 @@ fn topology() {
 }
 
 #[test]
-fn every_loms_variable_of_the_compose_file_configures_loms() {
+fn every_loms_variable_of_the_compose_files_configures_loms() {
+    for file in compose::FILES {
+        let env = environment(&compose::compose_file(file), "loms");
+        let settings = loms::config::Settings::load(
+            &Default::default(),
+            Some(env.clone().into_iter().collect()),
+        )
+        .unwrap();
+        assert_env_configures("LOMS_", &env, &serde_json::to_value(&settings).unwrap());
+    }
     let env = environment(&compose::compose(), "loms");
     let settings =
         loms::config::Settings::load(&Default::default(), Some(env.clone().into_iter().collect()))
             .unwrap();
-    assert_env_configures("LOMS_", &env, &serde_json::to_value(&settings).unwrap());
     // The database URL is a secret, serialized as a marker: its value is checked here.
     assert_eq!(
         secrecy::ExposeSecret::expose_secret(&settings.database.url),

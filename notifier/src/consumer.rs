@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +46,6 @@ impl Notifier {
             settings,
         } = self;
         tracing::info!(topic = %settings.kafka.topic, group = %settings.kafka.group_id, "notifier consuming");
-        let mut backoff = settings.backoff();
         loop {
             let message = tokio::select! {
                 m = consumer.recv() => m,
@@ -53,7 +53,6 @@ impl Notifier {
             };
             match message {
                 Ok(message) => {
-                    backoff.reset();
                     if !handler.handle(&message, &shutdown).await {
                         break; // shutdown while the dead-letter topic was unwritable: not stored
                     }
@@ -61,20 +60,21 @@ impl Notifier {
                         tracing::warn!(error = %e, partition = message.partition(), offset = message.offset(), "storing the offset");
                     }
                 }
-                // The broker going away shows here; librdkafka reconnects by itself.
-                Err(e) => {
-                    let delay = backoff.advance();
-                    tracing::warn!(error = %e, retry_in = ?delay, "consume error");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
+                // The broker going away shows here, one queued event per failed reconnect, and
+                // librdkafka reconnects by itself at its own pace. Waiting here would only let
+                // those events pile up and put the consumer behind them once the broker is back.
+                Err(e) => tracing::warn!(error = %e, "consume error"),
             }
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("offsets committed"),
-            Err(e) => tracing::info!(error = %e, "final commit (nothing new to commit is fine)"),
+            // The background commit already took everything handled.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {
+                tracing::info!("offsets committed (nothing new since the last commit)")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the next member resumes from the last commit")
+            }
         }
         consumer.unsubscribe();
         tracing::info!("unsubscribed; leaving the group");

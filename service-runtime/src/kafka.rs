@@ -10,8 +10,20 @@ use secrecy::{ExposeSecret, SecretString};
 /// Pass-through librdkafka properties; values may be secrets and are never printed.
 pub type Properties = BTreeMap<String, SecretString>;
 
-/// A client configuration: brokers and client id, then the service's `defaults`, then the
-/// pass-through `properties`.
+/// Settings for a quick and safe failover, for every client of a replicated cluster (and
+/// harmless on one broker). librdkafka already refreshes metadata at once when a request meets
+/// a partition whose leader moved; these shorten the rest:
+/// - a node that went away is tried again within a second once it is back, not after up to
+///   ten (the default maximum reconnect back-off);
+/// - metadata is refreshed every few seconds even when nothing fails, so that a leader moved
+///   back (a rolling restart rebalancing leadership) is followed soon, not after five minutes.
+pub const FAILOVER: [(&str, &str); 2] = [
+    ("reconnect.backoff.max.ms", "1000"),
+    ("topic.metadata.refresh.interval.ms", "5000"),
+];
+
+/// A client configuration: brokers and client id, the failover settings, then the service's
+/// `defaults`, then the pass-through `properties`.
 pub fn client_config<'a>(
     brokers: &str,
     client_id: &str,
@@ -22,6 +34,9 @@ pub fn client_config<'a>(
     config
         .set("bootstrap.servers", brokers)
         .set("client.id", client_id);
+    for (key, value) in FAILOVER {
+        config.set(key, value);
+    }
     for (key, value) in defaults {
         config.set(key, value);
     }
@@ -55,6 +70,7 @@ mod tests {
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(config.get("client.id"), Some("me"));
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         assert!(!format!("{properties:?}").contains("hunter2"));
     }
 }

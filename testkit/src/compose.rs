@@ -9,9 +9,20 @@ pub fn read(path: &str) -> String {
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The compose file as JSON.
+/// The compose files: the default one, and the one with a three-node Kafka.
+pub const FILES: [&str; 2] = [
+    "deploy/docker-compose.yml",
+    "deploy/docker-compose.replicated.yml",
+];
+
+/// The default compose file as JSON.
 pub fn compose() -> Value {
-    serde_yaml_ng::from_str(&read("deploy/docker-compose.yml")).expect("the compose file is YAML")
+    compose_file(FILES[0])
+}
+
+/// A compose file as JSON.
+pub fn compose_file(path: &str) -> Value {
+    serde_yaml_ng::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
 }
 
 /// The environment a service of the compose file is given, values as text.

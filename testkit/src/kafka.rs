@@ -27,12 +27,22 @@ fn admin() -> AdminClient<DefaultClientContext> {
         .expect("admin client")
 }
 
+/// The replication factor of the stack's topics (`KAFKA_REPLICATION`, which `stack.sh env`
+/// prints): 3 on a three-node cluster, where a write also needs two in-sync replicas.
+pub fn replication() -> i32 {
+    std::env::var("KAFKA_REPLICATION")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
 async fn create(name: &str, partitions: i32, exists_ok: bool) {
+    let replication = replication();
+    let min_isr = (replication - 1).max(1).to_string();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+        .set("min.insync.replicas", &min_isr);
     let results = admin()
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+        .create_topics(&[topic], &AdminOptions::new())
         .await
         .expect("create topic");
     for result in results {
@@ -128,10 +138,7 @@ pub async fn consume_until(
 
 /// How many messages `topic` holds, over all its partitions.
 pub fn message_count(topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("consumer");
+    let consumer = metadata_consumer();
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .expect("metadata");
@@ -171,4 +178,37 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
+}
+
+fn metadata_consumer() -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer")
+}
+
+/// The node leading `partition` of `topic`.
+pub fn partition_leader(topic: &str, partition: i32) -> i32 {
+    let metadata = metadata_consumer()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == partition)
+        .expect("the partition")
+        .leader()
+}
+
+/// Whether every partition of `topic` has all its replicas in sync (false while unknown).
+pub fn fully_in_sync(topic: &str) -> bool {
+    let Ok(metadata) = metadata_consumer().fetch_metadata(Some(topic), METADATA_TIMEOUT) else {
+        return false;
+    };
+    metadata.topics().iter().all(|t| {
+        !t.partitions().is_empty()
+            && t.partitions()
+                .iter()
+                .all(|p| p.error().is_none() && p.isr().len() == p.replicas().len())
+    })
 }

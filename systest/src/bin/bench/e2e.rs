@@ -38,6 +38,7 @@ enum Side {
 
 pub struct E2e {
     pub rate: u64,
+    pub outbox: OutboxSample,
     /// Reply to log line, per order, sorted, in milliseconds.
     pub overall_ms: Vec<f64>,
     pub stages: Vec<(&'static str, Buckets)>,
@@ -63,6 +64,11 @@ impl E2e {
             .collect();
         json!({
             "rate_per_s": self.rate,
+            "outbox": {
+                "max_live_rows": self.outbox.max_live,
+                "max_dead_rows": self.outbox.max_dead,
+                "autovacuums": self.outbox.autovacuums,
+            },
             "orders": self.overall_ms.len(),
             "latency_ms": quantiles(&|q| self.p(q)),
             "stages_ms": stages,
@@ -100,6 +106,11 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
         .start();
     // The clock starts once the notifier has joined its group.
     notifier.joined().await;
+    let pool = sqlx::PgPool::connect(&loms.options().database_url)
+        .await
+        .expect("connect");
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(sample_outbox(pool, sampling.clone()));
     let client = api::LomsClient::connect(format!("http://{}", loms.grpc))
         .await
         .expect("gRPC connect");
@@ -138,6 +149,8 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
         })
         .collect();
     overall_ms.sort_by(f64::total_cmp);
+    sampling.cancel();
+    let outbox = sampler.await.expect("the outbox sampler");
     let (loms_text, notifier_text) = (
         histogram::scrape(&loms.http).await,
         histogram::scrape(&metrics).await,
@@ -154,6 +167,7 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
         .collect();
     E2e {
         rate,
+        outbox,
         overall_ms,
         stages,
     }
@@ -171,4 +185,43 @@ fn logged_at(lines: &[Value]) -> HashMap<i64, SystemTime> {
             Some((v["order_id"].as_i64()?, at.into()))
         })
         .collect()
+}
+
+/// What the outbox table looked like during a run, from PostgreSQL's statistics.
+#[derive(Debug, Default)]
+pub struct OutboxSample {
+    pub max_live: i64,
+    pub max_dead: i64,
+    pub autovacuums: i64,
+}
+
+/// How often the outbox's statistics are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+async fn sample_outbox(
+    pool: sqlx::PgPool,
+    stop: tokio_util::sync::CancellationToken,
+) -> OutboxSample {
+    let read = || async {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT n_live_tup, n_dead_tup, autovacuum_count FROM pg_stat_user_tables
+             WHERE relname = 'outbox'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("outbox statistics")
+    };
+    let (_, _, vacuums_before) = read().await;
+    let mut sample = OutboxSample::default();
+    while !stop.is_cancelled() {
+        let (live, dead, vacuums) = read().await;
+        sample.max_live = sample.max_live.max(live);
+        sample.max_dead = sample.max_dead.max(dead);
+        sample.autovacuums = vacuums - vacuums_before;
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    sample
 }

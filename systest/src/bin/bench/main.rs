@@ -110,6 +110,10 @@ fn print_e2e(e: &E2e) {
         e.p(0.99),
         e.p(0.999)
     );
+    println!(
+        "     outbox during the run: up to {} live and {} dead rows, {} autovacuums",
+        e.outbox.max_live, e.outbox.max_dead, e.outbox.autovacuums
+    );
     for (name, b) in &e.stages {
         println!(
             "     {name:<22} p50 {:>7.2} / p95 {:>7.2} / p99 {:>7.2} / p99.9 {:>7.2} ms",

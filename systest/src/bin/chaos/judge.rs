@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::SystemTime;
 
 use loms::domain::Status;
 use serde_json::Value;
@@ -33,19 +34,34 @@ pub async fn read_topic(topic: &str) -> Vec<Seen> {
         .collect()
 }
 
-/// Events the notifiers logged, in log order per `notifier-*` file of `dir`.
-pub fn read_logs(dir: &Path) -> Vec<Vec<Seen>> {
+/// The JSON log lines of each `notifier-*` file of `dir`.
+fn notifier_logs(dir: &Path) -> Vec<Vec<Value>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).expect("the run's folder") {
         let path = entry.expect("a folder entry").path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !name.starts_with("notifier-") {
-            continue;
+        if name.starts_with("notifier-") {
+            let lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .collect();
+            files.push(lines);
         }
-        let seen = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    }
+    files
+}
+
+fn notifier_lines(dir: &Path) -> Vec<Value> {
+    notifier_logs(dir).into_iter().flatten().collect()
+}
+
+/// Events the notifiers logged, in log order per `notifier-*` file of `dir`.
+pub fn read_logs(dir: &Path) -> Vec<Vec<Seen>> {
+    let mut files = Vec::new();
+    for lines in notifier_logs(dir) {
+        let seen = lines
+            .into_iter()
             .filter(|v| {
                 v["message"] == "order event"
                     || v["message"] == "duplicate order event, already logged"
@@ -63,6 +79,24 @@ pub fn read_logs(dir: &Path) -> Vec<Vec<Seen>> {
         files.push(seen);
     }
     files
+}
+
+/// The longest wait, in milliseconds, from an event's `occurred_at` to a notifier's log line of
+/// it, over the events that occurred between `begin` and `end`.
+pub fn longest_wait_ms(dir: &Path, begin: SystemTime, end: SystemTime) -> f64 {
+    let time = |v: &Value| {
+        let text = v.as_str()?;
+        let at = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        Some(SystemTime::from(at))
+    };
+    notifier_lines(dir)
+        .iter()
+        .filter(|v| v["message"] == "order event")
+        .filter_map(|v| Some((time(&v["occurred_at"])?, time(&v["timestamp"])?)))
+        .filter(|(occurred, _)| *occurred >= begin && *occurred <= end)
+        .filter_map(|(occurred, logged)| logged.duration_since(occurred).ok())
+        .map(|wait| wait.as_secs_f64() * 1e3)
+        .fold(0.0, f64::max)
 }
 
 /// Judges sightings (the topic, or each notifier's log) against what committed.

@@ -1,7 +1,9 @@
 //! `make chaos`: injects real faults into the real stack under a steady workload and judges the
 //! outcome against what committed: lost, reordered, phantom and duplicated events, on the topic
 //! and in the notifiers' logs. Writes `target/chaos/report.json`; exits non-zero if anything
-//! was lost, reordered or invented. `--quick` shortens every scenario.
+//! was lost, reordered or invented. `--quick` shortens every scenario; `--replicated` runs the
+//! scenarios of a three-node Kafka cluster (the stack must be one: `KAFKA_NODES=3`) and adds
+//! them to the report; `--only NAME` runs one scenario.
 
 mod judge;
 mod malformed;
@@ -9,7 +11,23 @@ mod run;
 mod scenarios;
 mod workload;
 
+use clap::Parser;
 use serde_json::{json, Value};
+
+/// Faults injected into the real stack under load, judged against what committed.
+#[derive(Parser)]
+struct Args {
+    /// Shorter scenarios.
+    #[arg(long)]
+    quick: bool,
+    /// The three-node cluster's scenarios (leader_kill, rolling_restart, min_isr_loss), added
+    /// to the report of the single-broker ones.
+    #[arg(long)]
+    replicated: bool,
+    /// Only the scenario of this name.
+    #[arg(long)]
+    only: Option<String>,
+}
 
 /// Seconds of load per scenario, and malformed requests sent, in a quick and a full run.
 const QUICK: (u64, usize) = (25, 2_000);
@@ -25,36 +43,63 @@ fn failed(report: &Value) -> bool {
 fn print_table(reports: &[Value]) {
     println!();
     println!(
-        "| scenario | requests ok | events expected | lost | reordered | phantom | duplicated |"
+        "| scenario | requests ok | events expected | lost | reordered | phantom | duplicated | OrderCreate errors during the fault | longest commit-to-log wait during the fault |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for s in reports {
+        let during = |key: &str, scale: f64, unit: &str| {
+            s[key]
+                .as_f64()
+                .map_or("".to_string(), |v| format!("{:.1}{unit}", v * scale))
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s["name"].as_str().unwrap_or_default(),
             s["requests_ok"],
             s["events_expected"],
             s["lost"],
             s["reordered"],
             s["phantom"],
-            s["duplicated"]
+            s["duplicated"],
+            during("create_error_rate_during_fault", 100.0, " %"),
+            during("max_event_wait_ms_during_fault", 1e-3, " s"),
         );
     }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let (secs, malformed) = if quick { QUICK } else { FULL };
+    let args = Args::parse();
+    let (secs, malformed) = if args.quick { QUICK } else { FULL };
+    let chosen = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    let list = if args.replicated {
+        scenarios::REPLICATED
+    } else {
+        scenarios::ALL
+    };
     let mut reports = Vec::new();
-    for scenario in scenarios::ALL {
-        reports.push(run::scenario(scenario, secs, quick).await);
+    for scenario in list.iter().filter(|s| chosen(s.name)) {
+        reports.push(run::scenario(scenario, secs, args.quick).await);
     }
-    reports.push(malformed::scenario(malformed).await);
+    if !args.replicated && chosen("malformed_requests") {
+        reports.push(malformed::scenario(malformed).await);
+    }
 
     let path = testkit::stack::target_dir("chaos").join("report.json");
-    let report = serde_json::to_string_pretty(&json!({ "scenarios": reports }))
-        .expect("the report serializes");
+    // The replicated run adds its scenarios to those of the single-broker run before it.
+    let mut all: Vec<Value> = if args.replicated {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .and_then(|v| v["scenarios"].as_array().cloned())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    all.retain(|old| !reports.iter().any(|new| new["name"] == old["name"]));
+    all.extend(reports.iter().cloned());
+    let report =
+        serde_json::to_string_pretty(&json!({ "scenarios": all })).expect("the report serializes");
     std::fs::write(&path, report).expect("write the report");
     print_table(&reports);
     println!("report: {}", path.display());

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use testkit::process::{LomsProcess, NotifierProcess};
 
 use crate::judge::{self, Verdict};
-use crate::scenarios::{Fault, Scenario};
+use crate::scenarios::{Fault, Scenario, Window};
 use crate::workload::{self, Tally};
 
 /// Notifiers of a run: two, so that each holds one of the topic's two partitions.
@@ -68,10 +68,12 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     let load = workload::start(addresses.clone(), tally.clone(), stop.clone());
     let run = Arc::new(tokio::sync::Mutex::new(run));
     let started = Instant::now();
+    let window = Arc::new(Mutex::new(Window::default()));
     (scenario.fault)(Fault {
         run: run.clone(),
         addresses,
         quick,
+        window: window.clone(),
     })
     .await;
     tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
@@ -80,10 +82,33 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     let run = Arc::into_inner(run)
         .expect("the fault is done")
         .into_inner();
-    finish(run, &tally).await
+    let mut report = finish(&run, &tally).await;
+    let window = std::mem::take(&mut *window.lock().unwrap());
+    if let (Some(begin), Some(end)) = (window.begin, window.end) {
+        let during = |t: SystemTime| t >= begin && t <= end;
+        let creates: Vec<bool> = tally
+            .creates
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| during(*at))
+            .map(|(_, ok)| *ok)
+            .collect();
+        let failed = creates.iter().filter(|ok| !**ok).count();
+        report["fault_secs"] = json!(end.duration_since(begin).unwrap_or_default().as_secs_f64());
+        report["create_error_rate_during_fault"] =
+            json!(failed as f64 / creates.len().max(1) as f64);
+        report["max_event_wait_ms_during_fault"] =
+            json!(judge::longest_wait_ms(&run.dir, begin, end));
+    }
+    for (key, value) in window.notes {
+        report[key] = value;
+    }
+    println!("  {report}");
+    report
 }
 
-async fn finish(run: Run, tally: &Tally) -> Value {
+async fn finish(run: &Run, tally: &Tally) -> Value {
     let committed = judge::committed(&run.db).await;
     let expected: usize = committed.values().map(|h| h.len()).sum();
     let pool = sqlx::PgPool::connect(&run.db).await.expect("connect");
@@ -123,7 +148,7 @@ async fn finish(run: Run, tally: &Tally) -> Value {
     verdict.lost += from_logs.lost;
     verdict.reordered += from_logs.reordered;
     verdict.phantom += from_logs.phantom;
-    let report = json!({
+    json!({
         "name": run.name,
         "requests_ok": tally.ok.load(Ordering::Relaxed),
         "requests_failed": tally.failed.load(Ordering::Relaxed),
@@ -133,7 +158,5 @@ async fn finish(run: Run, tally: &Tally) -> Value {
         "reordered": verdict.reordered,
         "phantom": verdict.phantom,
         "duplicated": verdict.duplicated,
-    });
-    println!("  {report}");
-    report
+    })
 }

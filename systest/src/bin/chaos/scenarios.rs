@@ -2,25 +2,52 @@
 //! the workload goes on; to add one, write the function and list it in [`ALL`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
+use serde_json::{json, Value};
 use testkit::stack::stack;
 
 use crate::run::Run;
 
 /// What a fault works on: the run (its processes), and the addresses the workload calls, which
-/// a fault may change.
+/// a fault may change. A fault marks when it starts and when the system is whole again, for
+/// the figures of the fault's window, and may note facts of its own for the report.
 pub struct Fault {
     pub run: Arc<tokio::sync::Mutex<Run>>,
     pub addresses: Arc<Mutex<Vec<String>>>,
     pub quick: bool,
+    pub window: Arc<Mutex<Window>>,
+}
+
+/// When a fault began and ended, and what it noted.
+#[derive(Default)]
+pub struct Window {
+    pub begin: Option<SystemTime>,
+    pub end: Option<SystemTime>,
+    pub notes: serde_json::Map<String, Value>,
 }
 
 impl Fault {
     /// `quick` in a quick run, `full` otherwise.
     fn secs(&self, quick: u64, full: u64) -> Duration {
         Duration::from_secs(if self.quick { quick } else { full })
+    }
+
+    fn begin(&self) {
+        self.window.lock().unwrap().begin = Some(SystemTime::now());
+    }
+
+    fn end(&self) {
+        self.window.lock().unwrap().end = Some(SystemTime::now());
+    }
+
+    fn note(&self, key: &str, value: Value) {
+        self.window.lock().unwrap().notes.insert(key.into(), value);
+    }
+
+    async fn topic(&self) -> String {
+        self.run.lock().await.topic.clone()
     }
 }
 
@@ -31,6 +58,7 @@ pub struct Scenario {
     pub fault: fn(Fault) -> BoxFuture<'static, ()>,
 }
 
+/// The scenarios on a single broker.
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "broker_outage",
@@ -59,6 +87,25 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
+/// The scenarios on a three-node cluster (replication factor 3, min.insync.replicas 2).
+pub const REPLICATED: &[Scenario] = &[
+    Scenario {
+        name: "leader_kill",
+        replicas: 1,
+        fault: |f| Box::pin(leader_kill(f)),
+    },
+    Scenario {
+        name: "rolling_restart",
+        replicas: 1,
+        fault: |f| Box::pin(rolling_restart(f)),
+    },
+    Scenario {
+        name: "min_isr_loss",
+        replicas: 1,
+        fault: |f| Box::pin(min_isr_loss(f)),
+    },
+];
+
 /// Load before a fault, so that it strikes mid-stream.
 const WARM_UP: Duration = Duration::from_secs(3);
 /// Kills of the kill scenarios.
@@ -67,35 +114,47 @@ const KILLS: usize = 5;
 /// The broker stopped, then started again.
 async fn broker_outage(f: Fault) {
     tokio::time::sleep(WARM_UP).await;
+    f.begin();
     stack("kafka-stop");
     tokio::time::sleep(f.secs(8, 30)).await;
     stack("kafka-start");
+    f.end();
 }
 
 /// loms killed with SIGKILL and restarted on its ports, again and again.
 async fn loms_kill(f: Fault) {
-    for _ in 0..KILLS {
+    for kill in 0..KILLS {
         tokio::time::sleep(f.secs(2, 5)).await;
+        if kill == 0 {
+            f.begin();
+        }
         f.run.lock().await.loms[0].restart_after_kill().await;
     }
+    f.end();
 }
 
 /// The notifiers killed with SIGKILL and restarted, in turn.
 async fn notifier_kill(f: Fault) {
     for k in 0..KILLS {
         tokio::time::sleep(f.secs(2, 5)).await;
+        if k == 0 {
+            f.begin();
+        }
         let mut run = f.run.lock().await;
         let i = k % run.notifiers.len();
         run.notifiers[i].restart_after_kill();
     }
+    f.end();
 }
 
 /// PostgreSQL stopped, then started again: the API answers Unavailable meanwhile.
 async fn postgres_outage(f: Fault) {
     tokio::time::sleep(WARM_UP).await;
+    f.begin();
     stack("pg-stop");
     tokio::time::sleep(f.secs(10, 10)).await;
     stack("pg-start");
+    f.end();
 }
 
 /// Of two replicas, the one whose relay leads killed with SIGKILL; the workload goes on with the
@@ -115,5 +174,96 @@ async fn relay_leader_kill(f: Fault) {
     let leader = leaders.into_inner().unwrap()[0];
     let survivor = run.loms[1 - leader].grpc.clone();
     *f.addresses.lock().unwrap() = vec![survivor];
+    f.begin();
     run.loms[leader].process.kill();
+    // The fault lasts until the other replica's relay has taken over.
+    let other = &run.loms[1 - leader];
+    testkit::eventually(
+        "the other relay takes over",
+        Duration::from_secs(100),
+        || other.is_relay_leader(),
+    )
+    .await;
+    f.end();
+}
+
+/// How long a node stays dead in `leader_kill`.
+const LEADER_DEAD: Duration = Duration::from_secs(20);
+/// How long the replicas may take to be back in sync after a node returns.
+const RESYNC_PATIENCE: Duration = Duration::from_secs(180);
+
+/// The node leading partition 0 of the run's topic killed with SIGKILL, started again later.
+async fn leader_kill(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    let leader = testkit::kafka::partition_leader(&f.topic().await, 0);
+    f.note("killed_node", json!(leader));
+    f.begin();
+    stack(&format!("kafka-kill {leader}"));
+    tokio::time::sleep(LEADER_DEAD).await;
+    stack(&format!("kafka-start {leader}"));
+    f.end();
+}
+
+/// Every node stopped cleanly and started again, one after the other, each once the replicas
+/// are back in sync.
+async fn rolling_restart(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    let topic = f.topic().await;
+    f.begin();
+    for node in 1..=3 {
+        stack(&format!("kafka-stop {node}"));
+        stack(&format!("kafka-start {node}"));
+        testkit::eventually("the replicas are back in sync", RESYNC_PATIENCE, || {
+            std::future::ready(testkit::kafka::fully_in_sync(&topic))
+        })
+        .await;
+    }
+    f.end();
+}
+
+/// Two of three nodes stopped: too few in-sync replicas, so the relay must stop publishing
+/// while OrderCreate goes on and the outbox grows; then one node back, and everything drains.
+async fn min_isr_loss(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    let (db, http) = {
+        let run = f.run.lock().await;
+        (run.db.clone(), run.loms[0].http.clone())
+    };
+    let pool = sqlx::PgPool::connect(&db).await.expect("connect");
+    f.begin();
+    stack("kafka-stop 2");
+    stack("kafka-kill 3");
+    // What was in flight when the nodes went has failed or landed by now.
+    tokio::time::sleep(f.secs(12, 20)).await;
+    let (acked, backlog) = (
+        published(&http).await,
+        testkit::db::outbox_rows(&pool).await,
+    );
+    tokio::time::sleep(f.secs(8, 20)).await;
+    let published_while_short = published(&http).await - acked;
+    let backlog_growth = testkit::db::outbox_rows(&pool).await - backlog;
+    f.note(
+        "published_while_short_of_replicas",
+        json!(published_while_short),
+    );
+    f.note(
+        "outbox_growth_while_short_of_replicas",
+        json!(backlog_growth),
+    );
+    stack("kafka-start 2");
+    f.end();
+}
+
+/// Events the relay of the loms serving HTTP on `http` has seen acknowledged, from its metrics.
+async fn published(http: &str) -> i64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("scrape loms")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("loms_events_published_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

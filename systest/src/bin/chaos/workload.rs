@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use api::loms::{Item, OrderCancelRequest, OrderCreateRequest, OrderPayRequest};
 use loms::domain::Status;
@@ -25,6 +25,8 @@ pub struct Tally {
     /// Orders whose OrderCreate returned OK, with the status a later pay or cancel returned OK
     /// for, if one did.
     pub acknowledged: Mutex<Vec<(i64, Option<Status>)>>,
+    /// Every OrderCreate: when it was answered, and whether with OK.
+    pub creates: Mutex<Vec<(SystemTime, bool)>>,
 }
 
 impl Tally {
@@ -84,7 +86,13 @@ async fn one_order(address: &str, i: u64, tally: &Tally) {
             count: 1,
         }],
     };
-    let order_id = match client.order_create(request).await {
+    let reply = client.order_create(request).await;
+    tally
+        .creates
+        .lock()
+        .unwrap()
+        .push((SystemTime::now(), reply.is_ok()));
+    let order_id = match reply {
         Ok(r) => {
             tally.ok.fetch_add(1, Ordering::Relaxed);
             r.get_ref().order_id
