@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup run test lint schema-snapshot stack-up stack-down stack-status build release up down bench bench-quick chaos chaos-quick
+.PHONY: setup run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -49,6 +49,13 @@ up:
 down:
 	docker compose -f deploy/docker-compose.yml down
 
+# The same with a three-node Kafka (replication factor 3, min.insync.replicas 2).
+up-replicated:
+	docker compose -f deploy/docker-compose.replicated.yml up --build -d
+
+down-replicated:
+	docker compose -f deploy/docker-compose.replicated.yml down
+
 # Figures of the real system on a private stack: target/bench/results.json.
 bench: release
 	deploy/local/with-stack.sh target/release/bench
@@ -58,8 +65,12 @@ bench-quick: release
 
 # Faults injected into a private stack under load: target/chaos/report.json; fails if anything
 # was lost, reordered or invented.
+# Then the three-node cluster's scenarios (leader kill, rolling restart, too few in-sync
+# replicas) on a stack of their own, added to the same report.
 chaos: release
 	deploy/local/with-stack.sh target/release/chaos
+	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated
 
 chaos-quick: release
 	deploy/local/with-stack.sh target/release/chaos --quick
+	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated --quick

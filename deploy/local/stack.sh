@@ -172,6 +172,10 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 # A clean stop hands leadership over before the node goes.
 controlled.shutdown.enable=true
+# A node that died is fenced, and its partitions led by others, after this long without a
+# heartbeat (the default is 9 s; on loopback a missed 1.5 s heartbeat means a dead node).
+broker.session.timeout.ms=${KAFKA_BROKER_SESSION_MS:-6000}
+broker.heartbeat.interval.ms=1500
 PROPS
   cat >"$dir/log4j2.properties" <<PROPS
 rootLogger.level=INFO
@@ -232,6 +236,11 @@ kafka_start() {
     if ! node_running "$n"; then node_start "$n"; started=1; fi
   done
   if [ -z "$started" ]; then return 0; fi
+  # One node of a running cluster: ready once it answers; the topics exist already.
+  if [ -n "${1:-}" ] && [ "$KAFKA_NODES" != 1 ]; then
+    node_ready "$1"
+    return 0
+  fi
   INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-120} kafka_init >"$kafka_dir/init.log" 2>&1 || {
     for n in $(nodes); do
       node_running "$n" || fail_with_log "Kafka node $n exited" "$(node_dir "$n")/logs/server.log"
@@ -242,6 +251,18 @@ kafka_start() {
   log "Kafka up on $(bootstrap); $(tr '\n' ' ' <"$kafka_dir/init.log")"
 }
 
+# Waits until node `$1` answers a request (its API versions), not just opens its port.
+node_ready() {
+  local n=$1 deadline=$((SECONDS + ${KAFKA_WAIT_SECONDS:-120}))
+  until kafka_tool org.apache.kafka.tools.BrokerApiVersionsCommand \
+    --bootstrap-server "127.0.0.1:${broker_ports[$((n - 1))]}" >/dev/null 2>&1; do
+    node_running "$n" || fail_with_log "Kafka node $n exited" "$(node_dir "$n")/logs/server.log"
+    [ "$SECONDS" -lt "$deadline" ] || fail_with_log "Kafka node $n does not answer" "$(node_dir "$n")/logs/server.log"
+    sleep 1
+  done
+  log "Kafka node $n up on 127.0.0.1:${broker_ports[$((n - 1))]}"
+}
+
 # deploy/kafka-init.sh, the compose file's init step, with the tools of the cached jars.
 kafka_init() {
   KAFKA_BOOTSTRAP=$(bootstrap) REPLICATION_FACTOR=$REPLICATION MIN_INSYNC_REPLICAS=$MIN_ISR \
@@ -249,24 +270,37 @@ kafka_init() {
     "$here/../kafka-init.sh"
 }
 
-node_stop() { # node, signal
-  local n=$1 signal=$2 pid dir
-  dir=$(node_dir "$n")
+node_signal() { # node, signal
+  local pid
+  pid=$(node_pid "$1")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "-$2" "$pid"; fi
+}
+
+node_wait() { # node, signal it got, seconds before SIGKILL
+  local n=$1 pid
   pid=$(node_pid "$n")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill "-$signal" "$pid"
-    local deadline=$((SECONDS + 60))
+  if [ -n "$pid" ]; then
+    local deadline=$((SECONDS + $3))
     while kill -0 "$pid" 2>/dev/null; do
       if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
       sleep 0.2
     done
-    if [ "$KAFKA_NODES" = 1 ]; then log "Kafka stopped ($signal)"; else log "Kafka node $n stopped ($signal)"; fi
+    if [ "$KAFKA_NODES" = 1 ]; then log "Kafka stopped ($2)"; else log "Kafka node $n stopped ($2)"; fi
   fi
-  rm -f "$dir/kafka.pid"
+  rm -f "$(node_dir "$n")/kafka.pid"
 }
 
-kafka_stop() { local n; for n in ${1:-$(nodes)}; do node_stop "$n" TERM; done; }
-kafka_kill() { local n; for n in ${1:-$(nodes)}; do node_stop "$n" KILL; done; }
+# Stops node `$2`, or every node at once: stopped one by one, the last ones would wait for a
+# controller quorum that is already gone. A clean stop of one node hands its leadership over.
+kafka_signal() { # signal, [node]
+  local n patience=60
+  if [ -z "${2:-}" ] && [ "$KAFKA_NODES" != 1 ]; then patience=20; fi
+  for n in ${2:-$(nodes)}; do node_signal "$n" "$1"; done
+  for n in ${2:-$(nodes)}; do node_wait "$n" "$1" "$patience"; done
+}
+
+kafka_stop() { kafka_signal TERM "${1:-}"; }
+kafka_kill() { kafka_signal KILL "${1:-}"; }
 
 print_env() {
   echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"

@@ -28,11 +28,12 @@ pub fn brokers() -> String {
     var("KAFKA_BROKERS")
 }
 
-/// Runs `deploy/local/stack.sh <command>` on the stack under test (e.g. `kafka-stop`).
+/// Runs `deploy/local/stack.sh <command>` on the stack under test (e.g. `kafka-stop`, or
+/// `kafka-kill 2` for one node of three).
 pub fn stack(command: &str) {
     let status = Command::new("bash")
         .arg(root().join("deploy/local/stack.sh"))
-        .arg(command)
+        .args(command.split_whitespace())
         .status()
         .expect("run stack.sh");
     assert!(status.success(), "stack.sh {command} failed");

@@ -27,6 +27,9 @@ struct Args {
     /// Only the scenario of this name.
     #[arg(long)]
     only: Option<String>,
+    /// Where the report goes (default target/chaos/report.json).
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 /// Seconds of load per scenario, and malformed requests sent, in a quick and a full run.
@@ -85,7 +88,10 @@ async fn main() {
         reports.push(malformed::scenario(malformed).await);
     }
 
-    let path = testkit::stack::target_dir("chaos").join("report.json");
+    let path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| testkit::stack::target_dir("chaos").join("report.json"));
     // The replicated run adds its scenarios to those of the single-broker run before it.
     let mut all: Vec<Value> = if args.replicated {
         std::fs::read_to_string(&path)
