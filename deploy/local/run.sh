@@ -7,6 +7,9 @@
 #   STACK_DIR, PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT: as for stack.sh
 #   BIN_DIR                            where loms and notifier are (default target/release)
 #   KEEP_STACK=1                       leave PostgreSQL and Kafka running on exit
+#   OTEL_EXPORTER_OTLP_ENDPOINT        where loms and the notifiers export their spans; when
+#                                      unset and a `jaeger` binary is on PATH, one is started
+#                                      (UI on http://localhost:16686)
 #
 # A terminal's Ctrl-C reaches its whole foreground process group. So the services run in
 # sessions of their own (setsid) and hear only this script, which stops them once, in order;
@@ -50,6 +53,18 @@ prefixed() { # name, command...
   setsid "$@" > >(trap '' INT TERM; exec sed -u "s/^/$name | /") 2>&1 &
   pids+=($!)
 }
+
+if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  if command -v jaeger >/dev/null; then
+    prefixed jaeger jaeger
+    export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318
+    echo "run: traces in Jaeger, http://localhost:16686" >&2
+  else
+    echo "run: spans are not exported; to follow orders in Jaeger, put its binary on PATH" \
+      "(go install github.com/jaegertracing/jaeger/cmd/jaeger@latest) or set" \
+      "OTEL_EXPORTER_OTLP_ENDPOINT to a collector's OTLP/HTTP address" >&2
+  fi
+fi
 
 prefixed loms "$bin/loms" --database-url "$DATABASE_URL" --kafka-brokers "$KAFKA_BROKERS"
 for i in 1 2 3; do

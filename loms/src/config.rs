@@ -69,6 +69,9 @@ pub struct LogSettings {
     pub json: bool,
     /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
     pub filter: String,
+    /// OTLP/HTTP endpoint spans are exported to (off when unset);
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Settings {
@@ -128,6 +131,7 @@ impl Default for LogSettings {
         Self {
             json: false,
             filter: "info".into(),
+            otlp_endpoint: None,
         }
     }
 }

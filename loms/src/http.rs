@@ -9,7 +9,7 @@ use api::loms::{
 use api::Loms;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -135,43 +135,62 @@ fn query_id(query: QueryParams, name: &str, proto_name: &str) -> Result<i64, Api
     }
 }
 
-async fn order_create(State(g): State<Gateway>, body: Body) -> Response {
+/// The W3C trace context headers the gateway passes on to the service.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// A service request for `message`, carrying the caller's trace context from its HTTP headers
+/// as gRPC metadata, as a gRPC caller would send it.
+fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut carried = HeaderMap::new();
+    for name in TRACE_HEADERS {
+        if let Some(value) = headers.get(name) {
+            carried.insert(name, value.clone());
+        }
+    }
+    tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(carried),
+        tonic::Extensions::default(),
+        message,
+    )
+}
+
+async fn order_create(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     match parse_body::<OrderCreateRequest>(body) {
-        Ok(req) => reply(g.service.order_create(tonic::Request::new(req)).await),
+        Ok(req) => reply(g.service.order_create(request(&headers, req)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn order_pay(State(g): State<Gateway>, body: Body) -> Response {
+async fn order_pay(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     match parse_body::<OrderPayRequest>(body) {
-        Ok(req) => reply(g.service.order_pay(tonic::Request::new(req)).await),
+        Ok(req) => reply(g.service.order_pay(request(&headers, req)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn order_cancel(State(g): State<Gateway>, body: Body) -> Response {
+async fn order_cancel(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     match parse_body::<OrderCancelRequest>(body) {
-        Ok(req) => reply(g.service.order_cancel(tonic::Request::new(req)).await),
+        Ok(req) => reply(g.service.order_cancel(request(&headers, req)).await),
         Err(e) => e.into_response(),
     }
 }
 
-async fn order_info(State(g): State<Gateway>, query: QueryParams) -> Response {
+async fn order_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryParams) -> Response {
     match query_id(query, "orderId", "order_id") {
         Ok(order_id) => reply(
             g.service
-                .order_info(tonic::Request::new(OrderInfoRequest { order_id }))
+                .order_info(request(&headers, OrderInfoRequest { order_id }))
                 .await,
         ),
         Err(e) => e.into_response(),
     }
 }
 
-async fn stock_info(State(g): State<Gateway>, query: QueryParams) -> Response {
+async fn stock_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryParams) -> Response {
     match query_id(query, "sku", "sku") {
         Ok(sku) => reply(
             g.service
-                .stocks_info(tonic::Request::new(StocksInfoRequest { sku }))
+                .stocks_info(request(&headers, StocksInfoRequest { sku }))
                 .await,
         ),
         Err(e) => e.into_response(),

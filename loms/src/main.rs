@@ -24,7 +24,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.overrides, None)?;
-    service_runtime::telemetry::init(settings.log.json, &settings.log.filter);
+    let telemetry = service_runtime::telemetry::init(&service_runtime::telemetry::Options {
+        service: "loms",
+        json: settings.log.json,
+        filter: &settings.log.filter,
+        otlp_endpoint: settings.log.otlp_endpoint.as_deref(),
+    });
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
@@ -40,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("stopped");
         }
     }
+    telemetry.shutdown();
     Ok(())
 }

@@ -109,6 +109,7 @@ impl Default for Metrics {
             "Time from a batch's read to its deletion once acknowledged.",
         );
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
+        service_runtime::telemetry::register_dropped_spans(&mut registry, "loms");
         Self {
             inner: Arc::new(Inner {
                 registry,

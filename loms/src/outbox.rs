@@ -80,14 +80,20 @@ impl Outbox {
     /// The outbox rows of `changes`, in that order.
     pub fn rows(&self, changes: &[Change<'_>], at: SystemTime) -> Rows {
         let mut rows = Rows::default();
+        // The context of the request that made the change travels with its events.
+        let trace = service_runtime::telemetry::trace_headers(&tracing::Span::current());
         for change in changes {
             let event = self.event(change, at);
             rows.keys.push(event.order_id.to_string());
-            rows.headers.push(serde_json::json!({
+            let mut headers = serde_json::json!({
                 headers::EVENT_ID: event.event_id,
                 headers::MESSAGE_TYPE: events_proto::MESSAGE_TYPE,
                 headers::CONTENT_TYPE: events_proto::CONTENT_TYPE,
-            }));
+            });
+            for (name, value) in &trace {
+                headers[name] = serde_json::Value::String(value.clone());
+            }
+            rows.headers.push(headers);
             rows.payloads.push(event.encode_to_bytes());
         }
         rows

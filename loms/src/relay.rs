@@ -286,6 +286,8 @@ impl Acknowledged {
 struct Batch {
     rows: Vec<Row>,
     deliveries: Vec<DeliveryFuture>,
+    /// The publish span of each row sent, ended at its acknowledgement.
+    spans: Vec<tracing::Span>,
     /// Why enqueueing stopped before the end of the batch, if it did.
     enqueue_error: Option<String>,
     read_at: Instant,
@@ -294,14 +296,19 @@ struct Batch {
 impl Batch {
     fn send(producer: &FutureProducer, rows: Vec<Row>, read_at: Instant) -> Self {
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut spans = Vec::with_capacity(rows.len());
         let mut enqueue_error = None;
         for row in &rows {
+            let span = publish_span(row);
             let record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.payload)
-                .headers(headers(row));
+                .headers(headers(row, &span));
             match producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    spans.push(span);
+                }
                 Err((e, _)) => {
                     enqueue_error = Some(format!("enqueue: {e}"));
                     break;
@@ -311,6 +318,7 @@ impl Batch {
         Self {
             rows,
             deliveries,
+            spans,
             enqueue_error,
             read_at,
         }
@@ -332,6 +340,7 @@ impl Batch {
         let Self {
             rows,
             deliveries,
+            spans,
             enqueue_error,
             read_at,
         } = self;
@@ -341,18 +350,23 @@ impl Batch {
         };
         tokio::pin!(deadline);
         let mut rows = rows.into_iter();
-        for delivery in deliveries {
+        for (delivery, span) in deliveries.into_iter().zip(spans) {
             let result = tokio::select! {
                 r = delivery => r,
                 _ = &mut deadline => Err(futures::channel::oneshot::Canceled),
             };
             let row = rows.next().expect("a row per delivery");
             match result {
-                Ok(Ok(_)) => {
+                Ok(Ok(delivery)) => {
+                    span.record("messaging.kafka.destination.partition", delivery.partition);
+                    span.record("messaging.kafka.message.offset", delivery.offset);
                     metrics.publish(read_at.elapsed());
                     done.ids.push(row.id);
                 }
-                Ok(Err((e, _))) => return Some((row, e.to_string())),
+                Ok(Err((e, _))) => {
+                    span.record("otel.status_code", "ERROR");
+                    return Some((row, e.to_string()));
+                }
                 Err(_) => return Some((row, "delivery canceled or abandoned at shutdown".into())),
             }
         }
@@ -364,16 +378,63 @@ impl Batch {
     }
 }
 
-fn headers(row: &Row) -> OwnedHeaders {
+/// The span of one event's publication: a child of the request that wrote it (whose context
+/// the outbox row keeps), with OpenTelemetry's messaging attributes.
+fn publish_span(row: &Row) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.operation = "publish",
+        messaging.destination.name = %row.topic,
+        messaging.kafka.message.key = %row.key,
+        messaging.kafka.destination.partition = tracing::field::Empty,
+        messaging.kafka.message.offset = tracing::field::Empty,
+        outbox.id = row.id,
+    );
+    service_runtime::telemetry::continue_trace(&span, &StoredHeaders(&row.headers));
+    span
+}
+
+/// An outbox row's headers as a carrier of the trace context it was written in.
+struct StoredHeaders<'a>(&'a serde_json::Value);
+
+impl opentelemetry::propagation::Extractor for StoredHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(serde_json::Value::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The Kafka headers of a row: those stored with it, the trace context being that of its
+/// publish span (or, if that span is off, the one stored). Rows written before trace context
+/// was stored have none and are sent as they are.
+fn headers(row: &Row, span: &tracing::Span) -> OwnedHeaders {
+    let trace = service_runtime::telemetry::trace_headers(span);
     let mut headers = OwnedHeaders::new();
     if let Some(map) = row.headers.as_object() {
         for (key, value) in map {
-            let value = value.as_str().unwrap_or_default();
+            if trace.contains_key(key.as_str()) {
+                continue;
+            }
             headers = headers.insert(Header {
                 key,
-                value: Some(value),
+                value: Some(value.as_str().unwrap_or_default()),
             });
         }
+    }
+    for (key, value) in &trace {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
     }
     headers
 }

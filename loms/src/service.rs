@@ -9,7 +9,9 @@ use api::loms::{
     OrderInfoRequest, OrderInfoResponse, OrderPayRequest, OrderPayResponse, StocksInfoRequest,
     StocksInfoResponse,
 };
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::domain::{self, positive_id, Action};
 use crate::error::Error;
@@ -40,6 +42,25 @@ pub fn status_of(e: Error) -> Status {
     }
 }
 
+/// The gRPC metadata as a carrier of the W3C trace context.
+struct Metadata<'a>(&'a MetadataMap);
+
+impl opentelemetry::propagation::Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct LomsService {
     storage: Storage,
@@ -51,17 +72,36 @@ impl LomsService {
         Self { storage, metrics }
     }
 
-    /// Runs one request and writes its log line: method, code, latency.
+    /// Runs one request in a span of its own and writes its log line: method, code, latency.
+    /// The span continues the caller's W3C trace context (`traceparent`, `tracestate` in the
+    /// gRPC metadata or, through the gateway, the HTTP headers), or starts a trace.
     async fn observe<T>(
         &self,
         method: &'static str,
+        metadata: &MetadataMap,
+        order_id: Option<i64>,
         work: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.system = "grpc",
+            rpc.method = method,
+            order_id = order_id,
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        service_runtime::telemetry::continue_trace(&span, &Metadata(metadata));
+        span.record(
+            "trace_id",
+            service_runtime::telemetry::trace_id(&span).as_str(),
+        );
         let started = Instant::now();
-        let result = work.await.map_err(status_of);
+        let result = work.instrument(span.clone()).await.map_err(status_of);
+        let _entered = span.enter();
         let code = result
             .as_ref()
             .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        span.record("outcome", format!("{code:?}").as_str());
         let took = started.elapsed();
         let latency_ms = took.as_secs_f64() * 1e3;
         self.metrics.request(method, code, took);
@@ -84,12 +124,13 @@ impl api::Loms for LomsService {
         &self,
         request: Request<OrderCreateRequest>,
     ) -> Result<Response<OrderCreateResponse>, Status> {
-        self.observe("OrderCreate", async {
+        self.observe("OrderCreate", request.metadata(), None, async {
             let order = domain::new_order(request.get_ref())?;
             let order_id = self
                 .storage
                 .create_order(&order, &[(RPC, "OrderCreate")])
                 .await?;
+            tracing::Span::current().record("order_id", order_id);
             Ok(OrderCreateResponse { order_id })
         })
         .await
@@ -99,7 +140,8 @@ impl api::Loms for LomsService {
         &self,
         request: Request<OrderInfoRequest>,
     ) -> Result<Response<OrderInfoResponse>, Status> {
-        self.observe("OrderInfo", async {
+        let order_id = request.get_ref().order_id;
+        self.observe("OrderInfo", request.metadata(), Some(order_id), async {
             let order_id = positive_id("order_id", request.get_ref().order_id)?;
             let order = self.storage.order(order_id).await?;
             Ok(OrderInfoResponse {
@@ -122,7 +164,8 @@ impl api::Loms for LomsService {
         &self,
         request: Request<OrderPayRequest>,
     ) -> Result<Response<OrderPayResponse>, Status> {
-        self.observe("OrderPay", async {
+        let order_id = request.get_ref().order_id;
+        self.observe("OrderPay", request.metadata(), Some(order_id), async {
             let order_id = positive_id("order_id", request.get_ref().order_id)?;
             self.storage
                 .apply(order_id, Action::Pay, &[(RPC, "OrderPay")])
@@ -136,7 +179,8 @@ impl api::Loms for LomsService {
         &self,
         request: Request<OrderCancelRequest>,
     ) -> Result<Response<OrderCancelResponse>, Status> {
-        self.observe("OrderCancel", async {
+        let order_id = request.get_ref().order_id;
+        self.observe("OrderCancel", request.metadata(), Some(order_id), async {
             let order_id = positive_id("order_id", request.get_ref().order_id)?;
             self.storage
                 .apply(order_id, Action::Cancel, &[(RPC, "OrderCancel")])
@@ -150,7 +194,7 @@ impl api::Loms for LomsService {
         &self,
         request: Request<StocksInfoRequest>,
     ) -> Result<Response<StocksInfoResponse>, Status> {
-        self.observe("StocksInfo", async {
+        self.observe("StocksInfo", request.metadata(), None, async {
             let sku = positive_id("sku", request.get_ref().sku)?;
             Ok(StocksInfoResponse {
                 count: self.storage.available(sku).await?,

@@ -3,6 +3,27 @@
 use serde_json::{json, Value};
 use testkit::compose::{self, assert_env_configures, environment, read};
 
+/// Both files: Jaeger takes OTLP on 4318 and serves its UI on 16686; loms and every notifier
+/// export their spans to it, under their own service names.
+#[test]
+fn services_export_their_traces_to_jaeger() {
+    for file in compose::FILES {
+        let c = compose::compose_file(file);
+        assert_eq!(
+            c["services"]["jaeger"]["ports"],
+            json!(["16686:16686", "4318:4318"]),
+            "{file}"
+        );
+        let services = ["loms", "notifier-1", "notifier-2", "notifier-3"];
+        for service in services {
+            let env = environment(&c, service);
+            assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318");
+            let name = service.split('-').next().unwrap();
+            assert_eq!(env["OTEL_SERVICE_NAME"], name, "{file}: {service}");
+        }
+    }
+}
+
 #[test]
 fn compose_files_follow_the_compose_specification() {
     let schema: Value = serde_json::from_str(&read("deploy/schema/compose-spec.json")).unwrap();
@@ -65,6 +86,7 @@ fn topology() {
     assert_eq!(
         names,
         [
+            "jaeger",
             "kafka",
             "kafka-init",
             "kafka-ui",

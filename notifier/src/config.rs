@@ -19,6 +19,9 @@ pub struct Settings {
     pub log_json: bool,
     /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
     pub log_filter: String,
+    /// OTLP/HTTP endpoint spans are exported to (off when unset);
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -46,6 +49,7 @@ impl Default for Settings {
             retry_max_ms: 5_000,
             log_json: false,
             log_filter: "info".into(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -2,16 +2,35 @@
 //! redelivery is logged as a duplicate), or, when it does not decode, logged at ERROR and handed
 //! to the dead-letter writer.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use events_proto::OrderEvent;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dead_letter::DeadLetters;
 use crate::dedup::RecentIds;
 use crate::metrics::Metrics;
+
+/// The W3C trace context headers of a message.
+fn trace_context(message: &BorrowedMessage<'_>) -> HashMap<String, String> {
+    let Some(headers) = message.headers() else {
+        return HashMap::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key == "traceparent" || h.key == "tracestate")
+        .filter_map(|h| {
+            Some((
+                h.key.to_string(),
+                std::str::from_utf8(h.value?).ok()?.to_string(),
+            ))
+        })
+        .collect()
+}
 
 /// Bytes of an undecodable payload shown in its log line.
 const HEX_PREFIX_BYTES: usize = 16;
@@ -31,8 +50,33 @@ impl Handler {
         }
     }
 
-    /// Handles one message; false only if shutdown interrupted it before it was handled.
+    /// Handles one message in a span that continues the trace its headers carry (W3C
+    /// `traceparent`, `tracestate`), or starts one; false only if shutdown interrupted it
+    /// before it was handled.
     pub async fn handle(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let span = tracing::info_span!(
+            "handle",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation = "process",
+            messaging.destination.name = message.topic(),
+            messaging.kafka.destination.partition = message.partition(),
+            messaging.kafka.message.offset = message.offset(),
+            trace_id = tracing::field::Empty,
+        );
+        service_runtime::telemetry::continue_trace(&span, &trace_context(message));
+        span.record(
+            "trace_id",
+            service_runtime::telemetry::trace_id(&span).as_str(),
+        );
+        self.handle_in(message, shutdown).instrument(span).await
+    }
+
+    async fn handle_in(
         &mut self,
         message: &BorrowedMessage<'_>,
         shutdown: &CancellationToken,
@@ -75,9 +119,11 @@ impl Handler {
             .iter()
             .map(|i| format!("{}x{}", i.sku, i.count))
             .collect();
+        let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
         if self.recent.insert(&event.event_id) {
             self.metrics.handled.inc();
             tracing::info!(
+                trace_id,
                 order_id = event.order_id, status = event.status, previous_status = event.previous_status,
                 occurred_at, user_id = event.user_id, sequence = event.sequence, items = items.join(","),
                 event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
@@ -86,6 +132,7 @@ impl Handler {
         } else {
             self.metrics.duplicates.inc();
             tracing::info!(
+                trace_id,
                 order_id = event.order_id, status = event.status, event_id = %event.event_id,
                 partition = message.partition(), offset = message.offset(), "duplicate order event, already logged"
             );

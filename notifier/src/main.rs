@@ -5,7 +5,12 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&Flags::parse(), None)?;
-    service_runtime::telemetry::init(settings.log_json, &settings.log_filter);
+    let telemetry = service_runtime::telemetry::init(&service_runtime::telemetry::Options {
+        service: "notifier",
+        json: settings.log_json,
+        filter: &settings.log_filter,
+        otlp_endpoint: settings.otlp_endpoint.as_deref(),
+    });
     tracing::info!(?settings, "configuration");
 
     let shutdown = CancellationToken::new();
@@ -23,5 +28,6 @@ async fn main() -> anyhow::Result<()> {
         .run(shutdown)
         .await?;
     tracing::info!("stopped");
+    telemetry.shutdown();
     Ok(())
 }

@@ -67,6 +67,7 @@ impl Default for Metrics {
             event_age.clone(),
         );
         service_runtime::telemetry::register_dropped_lines(&mut registry, "notifier");
+        service_runtime::telemetry::register_dropped_spans(&mut registry, "notifier");
         Self(Arc::new(Inner {
             registry,
             handled,

@@ -14,29 +14,6 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// failed reconnect, and all of them must be behind the consumer once the broker is back.
 const ERRORS_DURING_OUTAGE: usize = 5;
 
-async fn produce(topic: &str, orders: std::ops::Range<i64>) -> Vec<String> {
-    let producer = kafka::producer();
-    let mut ids = Vec::new();
-    for order_id in orders {
-        let event = events_proto::OrderEvent {
-            event_id: testkit::unique(),
-            order_id,
-            status: testkit::Status::New.as_str().into(),
-            sequence: 1,
-            ..Default::default()
-        };
-        kafka::produce(
-            &producer,
-            topic,
-            &order_id.to_string(),
-            &event.encode_to_bytes(),
-        )
-        .await;
-        ids.push(event.event_id);
-    }
-    ids
-}
-
 #[tokio::test]
 async fn the_notifier_resumes_after_a_broker_outage() {
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
@@ -48,7 +25,7 @@ async fn the_notifier_resumes_after_a_broker_outage() {
             notifier.events().into_iter().map(|(id, _, _)| id).collect();
         ids.iter().all(|id| seen.contains(id))
     };
-    let before = produce(&topic, 1..51).await;
+    let before = kafka::produce_events(&topic, 1..51).await;
     eventually("the first events are logged", PATIENCE, || {
         std::future::ready(logged(&before))
     })
@@ -67,7 +44,7 @@ async fn the_notifier_resumes_after_a_broker_outage() {
     .await;
     stack("kafka-start");
 
-    let after = produce(&topic, 51..101).await;
+    let after = kafka::produce_events(&topic, 51..101).await;
     eventually("the later events are logged", PATIENCE, || {
         std::future::ready(logged(&after))
     })

@@ -1,12 +1,10 @@
 //! The notifier as processes in a consumer group, on the real broker.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use events_proto::OrderEvent;
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde_json::Value;
 use testkit::eventually;
 use testkit::kafka;
@@ -23,34 +21,9 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     eventually(what, PATIENCE, || std::future::ready(check())).await;
 }
 
-fn event(order_id: i64) -> OrderEvent {
-    OrderEvent {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        order_id,
-        status: testkit::Status::New.as_str().into(),
-        occurred_at: Some(std::time::SystemTime::now().into()),
-        sequence: 1,
-        user_id: 1,
-        ..Default::default()
-    }
-}
-
 /// Produces `n` events for orders `first..first + n`; returns their ids.
 async fn produce_events(topic: &str, first: i64, n: i64) -> Vec<String> {
-    let producer = kafka::producer();
-    let mut ids = Vec::new();
-    for order_id in first..first + n {
-        let e = event(order_id);
-        kafka::produce(
-            &producer,
-            topic,
-            &order_id.to_string(),
-            &e.encode_to_bytes(),
-        )
-        .await;
-        ids.push(e.event_id);
-    }
-    ids
+    kafka::produce_events(topic, first..first + n).await
 }
 
 fn logged(notifiers: &[&NotifierProcess]) -> Vec<String> {
@@ -170,7 +143,7 @@ async fn poison_messages_are_logged_dead_lettered_and_passed() {
         &events_proto::Item { sku: 1, count: 2 }.encode_to_vec(),
     ];
     for (i, bad) in poison.iter().enumerate() {
-        let e = event(i as i64 + 1);
+        let e = kafka::new_order_event(i as i64 + 1);
         kafka::produce(&producer, &topic, "1", &e.encode_to_bytes()).await;
         good.push(e.event_id);
         kafka::produce(&producer, &topic, &format!("poison-{i}"), bad).await;
@@ -219,22 +192,7 @@ async fn committed_offsets_after_a_clean_stop_match_the_log() {
         let next = next_per_partition.entry(partition as i32).or_default();
         *next = (*next).max(offset + 1);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::stack::brokers())
-        .set("group.id", &group)
-        .create()
-        .unwrap();
-    let mut query = TopicPartitionList::new();
-    for p in 0..2 {
-        query.add_partition(&topic, p);
-    }
-    let committed: HashMap<i32, Offset> = consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| (e.partition(), e.offset()))
-        .collect();
+    let committed = kafka::committed_offsets(&topic, &group, 2);
     for (partition, next) in next_per_partition {
         assert_eq!(
             committed[&partition],
@@ -256,21 +214,9 @@ async fn a_dead_log_reader_neither_hangs_nor_crashes_the_notifier() {
     // Each event is a log line that cannot be written.
     produce_events(&topic, 1, 50).await;
     let committed = || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", testkit::stack::brokers())
-            .set("group.id", &group)
-            .create()
-            .unwrap();
-        let mut query = TopicPartitionList::new();
-        for p in 0..2 {
-            query.add_partition(&topic, p);
-        }
-        consumer
-            .committed_offsets(query, Duration::from_secs(10))
-            .unwrap()
-            .elements()
-            .iter()
-            .map(|e| e.offset().to_raw().unwrap_or(0).max(0))
+        kafka::committed_offsets(&topic, &group, 2)
+            .values()
+            .map(|o| o.to_raw().unwrap_or(0).max(0))
             .sum::<i64>()
     };
     // It handles (and commits) every event although none of its lines reach anyone.

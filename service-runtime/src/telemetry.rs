@@ -1,17 +1,36 @@
-//! Logging: readable lines by default, JSON lines by a switch; `RUST_LOG` overrides the filter.
+//! Logging and tracing: readable lines by default, JSON lines by a switch; `RUST_LOG` overrides
+//! the filter. Every span has an OpenTelemetry context (W3C trace context), so a trace id can be
+//! logged and propagated whether or not spans are exported; export is OTLP over HTTP, off unless
+//! an endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or the service's setting), through a
+//! bounded batch queue on a thread of its own: a slow or absent collector costs dropped spans,
+//! counted, never a request's time.
 //!
 //! A log line that cannot be written (the reader of stdout is gone, the disk is full) is dropped
 //! and counted, never reported as an error: tracing-subscriber would report it on stderr, often
 //! the same dead pipe, and that report panics the task that was logging. Nothing in a service may
 //! hang or crash because nobody reads its logs.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::LazyLock;
+use std::time::Duration;
 
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
+use opentelemetry_sdk::Resource;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 static DROPPED_LINES: LazyLock<Counter> = LazyLock::new(Counter::default);
 
@@ -51,17 +70,175 @@ impl<'a> MakeWriter<'a> for DroppingStdout {
     }
 }
 
-pub fn init(json: bool, filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// How the service logs and traces.
+pub struct Options<'a> {
+    /// Name in exported spans, unless `OTEL_SERVICE_NAME` says otherwise.
+    pub service: &'a str,
+    pub json: bool,
+    /// `tracing_subscriber::EnvFilter` directives.
+    pub filter: &'a str,
+    /// OTLP/HTTP endpoint (e.g. `http://jaeger:4318`); `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: Option<&'a str>,
+}
+
+/// Keeps the tracer provider; `shutdown` flushes what is queued, within a bound.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(EXPORT_TIMEOUT) {
+            tracing::debug!(error = %e, "tracer provider shutdown");
+        }
+    }
+}
+
+/// The crates whose spans carry the trace.
+const TRACED_TARGETS: [&str; 2] = ["loms", "notifier"];
+
+/// How long one export may take: a collector that hangs holds nothing longer.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Spans queued for export at most; beyond, they are dropped.
+const EXPORT_QUEUE: usize = 2_048;
+
+static DROPPED_SPANS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Registers the count of spans that could not be exported.
+pub fn register_dropped_spans(registry: &mut Registry, prefix: &str) {
+    registry.register(
+        format!("{prefix}_spans_dropped"),
+        "Spans not exported: the collector refused or could not be reached.",
+        DROPPED_SPANS.clone(),
+    );
+}
+
+pub fn init(options: &Options<'_>) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| options.otlp_endpoint.map(str::to_string));
+    let resource = Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| options.service.to_string()),
+        )
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let mut export_error = None;
+    if let Some(endpoint) = &endpoint {
+        match exporter(endpoint) {
+            Ok(exporter) => {
+                let config = BatchConfigBuilder::default()
+                    .with_max_queue_size(EXPORT_QUEUE)
+                    .build();
+                let processor = BatchSpanProcessor::builder(Counted(exporter))
+                    .with_batch_config(config)
+                    .build();
+                provider = provider.with_span_processor(processor);
+            }
+            Err(e) => export_error = Some(e),
+        }
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer(options.service.to_string());
+    // What is logged: the service's filter, or RUST_LOG.
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| options.filter.to_string());
+    let logged = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    // What exists at all: that, and every span of the services' own crates, so that the trace
+    // is carried whatever the log filter lets through. (A filter on the tracing layer alone
+    // would be simpler, but tracing-subscriber then misses a callsite's first span.)
+    let traced: Vec<String> = TRACED_TARGETS
+        .iter()
+        .map(|t| format!("{t}=trace"))
+        .collect();
+    let exists = EnvFilter::try_new(format!("{directives},{}", traced.join(",")))
+        .unwrap_or_else(|_| EnvFilter::new(traced.join(",")));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .log_internal_errors(false)
         .with_writer(DroppingStdout);
+    let registry = tracing_subscriber::registry().with(exists).with(otel);
     // try_init: a second call (several tests in one process) keeps the first subscriber.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let _ = if options.json {
+        registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_span_list(false)
+                    .with_filter(logged),
+            )
+            .try_init()
     } else {
-        builder.try_init()
+        registry.with(fmt.with_filter(logged)).try_init()
     };
+    match (&endpoint, export_error) {
+        (Some(endpoint), None) => tracing::info!(%endpoint, "exporting spans over OTLP/HTTP"),
+        (Some(endpoint), Some(e)) => {
+            tracing::warn!(%endpoint, error = %e, "spans cannot be exported; tracing goes on locally")
+        }
+        (None, _) => tracing::debug!("span export off"),
+    }
+    Telemetry { provider }
+}
+
+fn exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// An exporter that counts the spans it could not deliver.
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            DROPPED_SPANS.inc_by(spans);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The trace id of `span` (32 hex digits), as logged and propagated.
+pub fn trace_id(span: &tracing::Span) -> String {
+    span.context().span().span_context().trace_id().to_string()
+}
+
+/// Makes the context carried by `carrier` (W3C `traceparent`, `tracestate`) the parent of
+/// `span`; without one, `span` starts a trace of its own.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The W3C trace context of `span`, as headers (`traceparent`, and `tracestate` if any).
+pub fn trace_headers(span: &tracing::Span) -> HashMap<String, String> {
+    let mut headers = HashMap::new();
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut headers));
+    // An empty tracestate says nothing.
+    headers.retain(|_, value| !value.is_empty());
+    headers
 }

@@ -217,3 +217,58 @@ pub fn fully_in_sync(topic: &str) -> bool {
                 .all(|p| p.error().is_none() && p.isr().len() == p.replicas().len())
     })
 }
+
+/// A first event (`new`) of order `order_id`, as loms would write it.
+pub fn new_order_event(order_id: i64) -> OrderEvent {
+    OrderEvent {
+        event_id: crate::unique(),
+        order_id,
+        status: crate::Status::New.as_str().into(),
+        occurred_at: Some(std::time::SystemTime::now().into()),
+        sequence: 1,
+        user_id: 1,
+        ..Default::default()
+    }
+}
+
+/// Produces a first event for each order of `orders`, keyed by its id; returns their ids.
+pub async fn produce_events(topic: &str, orders: std::ops::Range<i64>) -> Vec<String> {
+    let producer = producer();
+    let mut ids = Vec::new();
+    for order_id in orders {
+        let event = new_order_event(order_id);
+        produce(
+            &producer,
+            topic,
+            &order_id.to_string(),
+            &event.encode_to_bytes(),
+        )
+        .await;
+        ids.push(event.event_id);
+    }
+    ids
+}
+
+/// The offsets `group` committed on the partitions `0..partitions` of `topic`.
+pub fn committed_offsets(
+    topic: &str,
+    group: &str,
+    partitions: i32,
+) -> std::collections::HashMap<i32, rdkafka::Offset> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut query = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        query.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(query, METADATA_TIMEOUT)
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect()
+}

@@ -369,6 +369,8 @@ pub struct NotifierOptions {
     pub metrics: Option<String>,
     /// Output through a pipe with a reader that a test can kill.
     pub through_pipe: bool,
+    /// Further environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// The broker's minimum session timeout: a killed member's partitions move on sooner.
@@ -382,7 +384,13 @@ impl NotifierOptions {
             log: temp_log("notifier"),
             metrics: None,
             through_pipe: false,
+            env: Vec::new(),
         }
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     /// Stdout and stderr through a pipe (see [`Process::kill_log_reader`]).
@@ -412,7 +420,8 @@ impl NotifierOptions {
             .env(
                 "NOTIFIER_KAFKA__SESSION_TIMEOUT_MS",
                 TEST_SESSION_TIMEOUT_MS,
-            );
+            )
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(address) = &self.metrics {
             command.args(["--metrics-addr", address]);
         }

@@ -11,6 +11,23 @@ const SIZE: (u32, u32) = (900, 540);
 const FLOOR_MS: f64 = 0.1;
 
 type Series = (String, Vec<(f64, f64)>);
+type Canvas<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+fn canvas(path: &Path) -> Result<Canvas<'_>, Box<dyn Error>> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+fn builder<'a, 'b>(root: &'a Canvas<'b>, title: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
 
 /// Cumulative distributions, latency on a log scale.
 pub fn latency_cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), Box<dyn Error>> {
@@ -18,14 +35,9 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), Bo
         .iter()
         .flat_map(|(_, points)| points.iter().map(|p| p.0))
         .fold(1.0, f64::max);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((FLOOR_MS..max * 1.2).log_scale(), 0f64..1f64)?;
+    let root = canvas(path)?;
+    let mut chart =
+        builder(&root, title).build_cartesian_2d((FLOOR_MS..max * 1.2).log_scale(), 0f64..1f64)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms (log scale)")
@@ -67,14 +79,9 @@ pub fn throughput(
         .max()
         .unwrap_or(1)
         .max(1);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..seconds as u64 - 1, 0u64..max + max / 10)?;
+    let root = canvas(path)?;
+    let mut chart =
+        builder(&root, title).build_cartesian_2d(0u64..seconds as u64 - 1, 0u64..max + max / 10)?;
     chart
         .configure_mesh()
         .x_desc("second of the run")

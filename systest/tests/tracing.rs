@@ -1,0 +1,194 @@
+//! One order followed across services: the caller's W3C trace context goes from gRPC or HTTP
+//! through the outbox and Kafka to the notifier's log lines, and spans of loms and of the
+//! notifier reach an OTLP receiver (built here on the official OTLP protobufs) under that trace.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::loms::{Item, OrderCreateRequest};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message as _;
+use testkit::eventually;
+use testkit::kafka;
+use testkit::process::{LomsOptions, NotifierOptions};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const SKU: i64 = 1076963;
+
+/// (service name, trace id, span name) of every span received.
+type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// An OTLP/HTTP receiver on a free port: its base URL, and what it received.
+async fn receiver() -> (String, Received) {
+    let received: Received = Arc::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP request");
+                let mut store = store.lock().unwrap();
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|a| a.key == "service.name")
+                        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                            AnyValue::StringValue(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                        let trace: String =
+                            span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                        store.push((service.clone(), trace, span.name.clone()));
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}"), received)
+}
+
+fn order() -> OrderCreateRequest {
+    OrderCreateRequest {
+        user_id: 7,
+        items: vec![Item { sku: SKU, count: 1 }],
+    }
+}
+
+/// The trace id of a `traceparent` value.
+fn trace_of(traceparent: &str) -> String {
+    traceparent
+        .split('-')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_callers_trace_follows_its_order_to_kafka_the_notifier_and_the_collector() {
+    let (otlp, received) = receiver().await;
+    let db = testkit::db::fresh_database().await;
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    // Quiet logs: the trace does not depend on what is logged.
+    let loms = LomsOptions::new(&db, &topic)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env("LOMS_LOG__FILTER", "warn")
+        .start()
+        .await;
+    let group = format!("tracing-test-{}", testkit::unique());
+    let notifier = NotifierOptions::new(&topic, &group)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .start();
+    notifier.joined().await;
+
+    // A gRPC call and an HTTP call, each with a trace context of the caller's; a third without.
+    let grpc_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let http_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut client = loms.client().await.unwrap();
+    let untraced = client
+        .order_create(order())
+        .await
+        .unwrap()
+        .get_ref()
+        .order_id;
+    let mut request = tonic::Request::new(order());
+    let traceparent = format!("00-{grpc_trace}-00f067aa0ba902b7-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    let by_grpc = client
+        .order_create(request)
+        .await
+        .unwrap()
+        .get_ref()
+        .order_id;
+    let reply: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/order/create", loms.http))
+        .header(
+            "traceparent",
+            format!("00-{http_trace}-b7ad6b7169203331-01"),
+        )
+        .json(&serde_json::json!({"userId": "7", "items": [{"sku": SKU.to_string(), "count": 1}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_http: i64 = reply["orderId"].as_str().unwrap().parse().unwrap();
+
+    // On Kafka: each message carries its order's trace.
+    let messages = kafka::consume_until(&topic, PATIENCE, |m| m.len() >= 6).await;
+    let mut traces: HashMap<i64, HashSet<String>> = HashMap::new();
+    for m in &messages {
+        let event = m.event().unwrap();
+        let traceparent = m.headers.get("traceparent").expect("a traceparent header");
+        traces
+            .entry(event.order_id)
+            .or_default()
+            .insert(trace_of(traceparent));
+    }
+    let example = messages
+        .iter()
+        .find(|m| m.event().unwrap().order_id == by_grpc);
+    println!("headers of a message: {:?}", example.map(|m| &m.headers));
+    assert_eq!(traces[&by_grpc], HashSet::from([grpc_trace.to_string()]));
+    assert_eq!(traces[&by_http], HashSet::from([http_trace.to_string()]));
+    let fresh = traces[&untraced].iter().next().unwrap().clone();
+    assert_eq!(traces[&untraced].len(), 1, "one trace for one call");
+    assert!(
+        fresh.len() == 32 && fresh.chars().any(|c| c != '0') && fresh != grpc_trace,
+        "a fresh, valid trace id: {fresh}"
+    );
+
+    // In the notifier's log: every event's line carries its order's trace id.
+    let expected = [
+        (by_grpc, grpc_trace.to_string()),
+        (by_http, http_trace.to_string()),
+        (untraced, fresh.clone()),
+    ];
+    eventually("the notifier logs the six events", PATIENCE, || {
+        std::future::ready(notifier.events().len() >= 6)
+    })
+    .await;
+    for line in notifier.process.json_lines() {
+        if line["message"] != "order event" {
+            continue;
+        }
+        let order_id = line["order_id"].as_i64().unwrap();
+        let (_, trace) = expected.iter().find(|(id, _)| *id == order_id).unwrap();
+        assert_eq!(line["trace_id"].as_str(), Some(trace.as_str()), "{line}");
+    }
+
+    // Exported: spans of loms (the call, the publication) and of the notifier under each trace.
+    for (_, trace) in &expected {
+        eventually(
+            "spans of both services reach the collector",
+            PATIENCE,
+            || {
+                let received = received.lock().unwrap();
+                let names: HashSet<(&str, &str)> = received
+                    .iter()
+                    .filter(|(_, t, _)| t == trace)
+                    .map(|(service, _, name)| (service.as_str(), name.as_str()))
+                    .collect();
+                std::future::ready(
+                    names.contains(&("loms", "rpc"))
+                        && names.contains(&("loms", "publish"))
+                        && names.contains(&("notifier", "handle")),
+                )
+            },
+        )
+        .await;
+    }
+}
