@@ -91,10 +91,8 @@ impl LomsService {
             trace_id = tracing::field::Empty,
         );
         service_runtime::telemetry::continue_trace(&span, &Metadata(metadata));
-        span.record(
-            "trace_id",
-            service_runtime::telemetry::trace_id(&span).as_str(),
-        );
+        let trace_id = service_runtime::telemetry::trace_id(&span);
+        span.record("trace_id", trace_id.as_str());
         let started = Instant::now();
         let result = work.instrument(span.clone()).await.map_err(status_of);
         let _entered = span.enter();
@@ -107,12 +105,12 @@ impl LomsService {
         self.metrics.request(method, code, took);
         match &result {
             Err(status) if matches!(code, tonic::Code::Internal | tonic::Code::Unavailable) => {
-                tracing::warn!(method, code = ?code, latency_ms, message = status.message(), "request failed")
+                tracing::warn!(method, code = ?code, latency_ms, message = status.message(), %trace_id, "request failed")
             }
             Err(status) => {
-                tracing::info!(method, code = ?code, latency_ms, message = status.message(), "request")
+                tracing::info!(method, code = ?code, latency_ms, message = status.message(), %trace_id, "request")
             }
-            Ok(_) => tracing::info!(method, code = ?code, latency_ms, "request"),
+            Ok(_) => tracing::info!(method, code = ?code, latency_ms, %trace_id, "request"),
         }
         result.map(Response::new)
     }

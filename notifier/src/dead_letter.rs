@@ -75,7 +75,8 @@ impl DeadLetters {
                 Err((e, _)) => {
                     self.metrics.dlq_retries.inc();
                     let delay = backoff.advance();
-                    tracing::warn!(error = %e, retry_in = ?delay, "dead-letter write failed; retrying");
+                    let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
+                    tracing::warn!(error = %e, retry_in = ?delay, trace_id, "dead-letter write failed; retrying");
                     delay
                 }
             };

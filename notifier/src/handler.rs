@@ -151,7 +151,9 @@ impl Handler {
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
+        let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
         tracing::error!(
+            trace_id,
             partition = message.partition(), offset = message.offset(), key = %key, bytes = payload.len(),
             hex_prefix = %prefix, %error, dlq = %self.dead_letters.dlq_topic(),
             "message does not decode as an OrderEvent; copying it to the dead-letter topic"

@@ -173,8 +173,11 @@ pub fn init(options: &Options<'_>) -> Telemetry {
     let _ = if options.json {
         registry
             .with(
+                // The lines of a request or an event name their trace id themselves; the
+                // span's other fields would only make every line longer.
                 fmt.json()
                     .flatten_event(true)
+                    .with_current_span(false)
                     .with_span_list(false)
                     .with_filter(logged),
             )
