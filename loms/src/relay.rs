@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, RelaySettings};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context as TraceContext, KeyValue};
 
 use crate::metrics::Metrics;
@@ -397,21 +397,19 @@ impl Batch {
 /// with the OpenTelemetry API directly, not through `tracing`: one per event on the relay's
 /// hot path, it must cost next to nothing when spans are not exported.
 fn publish_span(row: &Row) -> TraceContext {
-    let parent =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&StoredHeaders(&row.headers)));
-    let tracer = opentelemetry::global::tracer("loms");
-    let span = tracer
-        .span_builder("publish")
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
+    service_runtime::telemetry::message_span(
+        "loms",
+        "publish",
+        SpanKind::Producer,
+        vec![
             KeyValue::new("messaging.system", "kafka"),
             KeyValue::new("messaging.operation", "publish"),
             KeyValue::new("messaging.destination.name", row.topic.clone()),
             KeyValue::new("messaging.kafka.message.key", row.key.clone()),
             KeyValue::new("outbox.id", row.id),
-        ])
-        .start_with_context(&tracer, &parent);
-    parent.with_span(span)
+        ],
+        &StoredHeaders(&row.headers),
+    )
 }
 
 /// An outbox row's headers as a carrier of the trace context it was written in.

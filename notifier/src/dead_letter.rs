@@ -38,6 +38,7 @@ impl DeadLetters {
         &self,
         message: &BorrowedMessage<'_>,
         error: &str,
+        trace_id: &str,
         shutdown: &CancellationToken,
     ) -> bool {
         let (partition, offset) = (
@@ -75,7 +76,6 @@ impl DeadLetters {
                 Err((e, _)) => {
                     self.metrics.dlq_retries.inc();
                     let delay = backoff.advance();
-                    let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
                     tracing::warn!(error = %e, retry_in = ?delay, trace_id, "dead-letter write failed; retrying");
                     delay
                 }

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use events_proto::OrderEvent;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::dead_letter::DeadLetters;
 use crate::dedup::RecentIds;
@@ -58,45 +59,41 @@ impl Handler {
         message: &BorrowedMessage<'_>,
         shutdown: &CancellationToken,
     ) -> bool {
-        let span = tracing::info_span!(
+        // Through the OpenTelemetry API, not `tracing`: one span per message must cost next to
+        // nothing when spans are not exported.
+        let span = service_runtime::telemetry::message_span(
+            "notifier",
             "handle",
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            messaging.operation = "process",
-            messaging.destination.name = message.topic(),
-            messaging.kafka.destination.partition = message.partition(),
-            messaging.kafka.message.offset = message.offset(),
-            trace_id = tracing::field::Empty,
+            SpanKind::Consumer,
+            vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation", "process"),
+                KeyValue::new("messaging.destination.name", message.topic().to_string()),
+                KeyValue::new(
+                    "messaging.kafka.destination.partition",
+                    i64::from(message.partition()),
+                ),
+                KeyValue::new("messaging.kafka.message.offset", message.offset()),
+            ],
+            &trace_context(message),
         );
-        service_runtime::telemetry::continue_trace(&span, &trace_context(message));
-        span.record(
-            "trace_id",
-            service_runtime::telemetry::trace_id(&span).as_str(),
-        );
-        self.handle_in(message, shutdown).instrument(span).await
-    }
-
-    async fn handle_in(
-        &mut self,
-        message: &BorrowedMessage<'_>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+        let trace_id = service_runtime::telemetry::context_trace_id(&span);
         let payload = message.payload().unwrap_or_default();
         match OrderEvent::decode_from(payload) {
             Ok(event) => {
-                self.log_event(&event, message);
+                self.log_event(&event, message, &trace_id);
                 true
             }
             Err(error) => {
-                self.log_undecodable(message, &error.to_string());
+                self.log_undecodable(message, &error.to_string(), &trace_id);
                 self.dead_letters
-                    .write(message, &error.to_string(), shutdown)
+                    .write(message, &error.to_string(), &trace_id, shutdown)
                     .await
             }
         }
     }
 
-    fn log_event(&mut self, event: &OrderEvent, message: &BorrowedMessage<'_>) {
+    fn log_event(&mut self, event: &OrderEvent, message: &BorrowedMessage<'_>, trace_id: &str) {
         let occurred_at = event.occurred_at.as_ref().and_then(|t| {
             chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
         });
@@ -119,7 +116,6 @@ impl Handler {
             .iter()
             .map(|i| format!("{}x{}", i.sku, i.count))
             .collect();
-        let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
         if self.recent.insert(&event.event_id) {
             self.metrics.handled.inc();
             tracing::info!(
@@ -139,7 +135,7 @@ impl Handler {
         }
     }
 
-    fn log_undecodable(&self, message: &BorrowedMessage<'_>, error: &str) {
+    fn log_undecodable(&self, message: &BorrowedMessage<'_>, error: &str, trace_id: &str) {
         self.metrics.decode_errors.inc();
         let payload = message.payload().unwrap_or_default();
         let prefix: String = payload
@@ -151,7 +147,6 @@ impl Handler {
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default();
-        let trace_id = service_runtime::telemetry::trace_id(&tracing::Span::current());
         tracing::error!(
             trace_id,
             partition = message.partition(), offset = message.offset(), key = %key, bytes = payload.len(),

@@ -16,7 +16,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -240,6 +241,31 @@ pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
+}
+
+/// A span made with the OpenTelemetry API directly, for the hot paths that make one per
+/// message (the relay's publish, the notifier's handling): a child of the context `carrier`
+/// holds, or the root of a trace of its own. Returned in its context; it ends when dropped.
+pub fn message_span(
+    service: &'static str,
+    name: &'static str,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    carrier: &dyn Extractor,
+) -> opentelemetry::Context {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    let tracer = opentelemetry::global::tracer(service);
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
+}
+
+/// The trace id of the span in `context`.
+pub fn context_trace_id(context: &opentelemetry::Context) -> String {
+    context.span().span_context().trace_id().to_string()
 }
 
 /// The W3C trace context of `span`, as headers (`traceparent`, and `tracestate` if any).
