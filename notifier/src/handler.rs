@@ -116,7 +116,10 @@ impl Handler {
             .iter()
             .map(|i| format!("{}x{}", i.sku, i.count))
             .collect();
-        if self.recent.insert(&event.event_id) {
+        if self
+            .recent
+            .insert(&event.event_id, event.order_id, event.sequence)
+        {
             self.metrics.handled.inc();
             tracing::info!(
                 trace_id,

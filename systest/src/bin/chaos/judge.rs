@@ -66,7 +66,7 @@ pub fn read_logs(dir: &Path) -> Vec<Vec<Seen>> {
                 v["message"] == "order event"
                     || v["message"] == "duplicate order event, already logged"
             })
-            // Duplicates are logged without their sequence: it is taken from the first sighting.
+            // Redeliveries are logged without their sequence (-1 here): not judged for order.
             .map(|v| {
                 (
                     v["order_id"].as_i64().unwrap_or(0),
@@ -111,6 +111,11 @@ pub fn judge_streams(
     for stream in streams {
         let mut last_sequence: HashMap<i64, i64> = HashMap::new();
         for (order, sequence, status, event_id) in stream {
+            // A line the notifier itself marks as a redelivery (logged without a sequence)
+            // claims no change of the order: it is judged neither for order nor as a sighting.
+            if *sequence < 0 {
+                continue;
+            }
             sightings += 1;
             let (order, sequence) = *first_seen
                 .entry(event_id.clone())
@@ -202,5 +207,27 @@ mod tests {
             ),
             (1, 1, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_redelivery_the_notifier_marked_is_not_a_reordering() {
+        let committed: Committed = [(1, Status::Payed.history())].into_iter().collect();
+        // One member logged the first two events; another, given the partition later, the
+        // third, then the resent first two, which it marks as redeliveries.
+        let first = vec![
+            seen(1, 1, Status::New, "a"),
+            seen(1, 2, Status::AwaitingPayment, "b"),
+        ];
+        let second = vec![
+            seen(1, 3, Status::Payed, "c"),
+            (1, -1, Status::New.as_str().into(), "a".into()),
+            (1, -1, Status::AwaitingPayment.as_str().into(), "b".into()),
+        ];
+        for streams in [[first.clone(), second.clone()], [second, first]] {
+            let mut verdict = Verdict::default();
+            judge_streams(&streams, &committed, &mut verdict, false);
+            let found = (verdict.lost, verdict.reordered, verdict.phantom);
+            assert_eq!(found, (0, 0, 0));
+        }
     }
 }
