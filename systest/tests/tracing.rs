@@ -22,6 +22,13 @@ type Received = Arc<Mutex<Vec<(String, String, String)>>>;
 
 /// An OTLP/HTTP receiver on a free port: its base URL, and what it received.
 async fn receiver() -> (String, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (format!("http://{address}"), receiver_on(listener))
+}
+
+/// An OTLP/HTTP receiver on `listener`: what it received.
+fn receiver_on(listener: tokio::net::TcpListener) -> Received {
     let received: Received = Arc::default();
     let store = received.clone();
     let app = axum::Router::new().route(
@@ -52,10 +59,30 @@ async fn receiver() -> (String, Received) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}"), received)
+    received
+}
+
+/// Whether `received` holds a span named `name` of `service` under one of `traces`.
+fn has_span(received: &Received, service: &str, name: &str, traces: &[String]) -> bool {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(s, t, n)| s == service && n == name && traces.contains(t))
+}
+
+/// The value of a counter on a service's `/metrics`.
+async fn counter(address: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
 }
 
 fn order() -> OrderCreateRequest {
@@ -190,5 +217,91 @@ async fn a_callers_trace_follows_its_order_to_kafka_the_notifier_and_the_collect
             },
         )
         .await;
+    }
+}
+
+#[tokio::test]
+async fn spans_pause_while_the_collector_is_away_and_resume_when_it_answers() {
+    let port = testkit::process::free_port();
+    let otlp = format!("http://127.0.0.1:{port}");
+    let db = testkit::db::fresh_database().await;
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    let loms = LomsOptions::new(&db, &topic)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .start()
+        .await;
+    let notifier_metrics = format!("127.0.0.1:{}", testkit::process::free_port());
+    let group = format!("tracing-test-{}", testkit::unique());
+    let notifier = NotifierOptions::new(&topic, &group)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .metrics(&notifier_metrics)
+        .start();
+    notifier.joined().await;
+    let client = loms.client().await.unwrap();
+    let create = |traceparent: Option<String>| {
+        let mut client = client.clone();
+        async move {
+            let mut request = tonic::Request::new(order());
+            if let Some(traceparent) = traceparent {
+                request
+                    .metadata_mut()
+                    .insert("traceparent", traceparent.parse().unwrap());
+            }
+            // Made or failed for want of stock: either way the call writes events.
+            if let Err(status) = client.order_create(request).await {
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+            }
+        }
+    };
+
+    // Nobody listens: both services go on, count what they cannot export, and say so.
+    eventually(
+        "both services count spans dropped with the collector away",
+        PATIENCE,
+        || async {
+            create(None).await;
+            counter(&loms.http, "loms_spans_dropped_total").await > 0.0
+                && counter(&notifier_metrics, "notifier_spans_dropped_total").await > 0.0
+        },
+    )
+    .await;
+    for log in [loms.process.log_text(), notifier.process.log_text()] {
+        assert!(log.contains("span collector unreachable"), "{log}");
+    }
+    // Trace ids still travel with the events.
+    let messages = kafka::consume_until(&topic, PATIENCE, |m| !m.is_empty()).await;
+    let trace = trace_of(&messages[0].headers["traceparent"]);
+    assert!(
+        trace.len() == 32 && trace.chars().any(|c| c != '0'),
+        "{trace}"
+    );
+
+    // The collector comes up on its address: spans of calls made from then on reach it.
+    let received = receiver_on(
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap(),
+    );
+    let mut traces = Vec::new();
+    eventually(
+        "spans of both services reach the collector once it answers",
+        PATIENCE,
+        || {
+            let trace = testkit::unique();
+            traces.push(trace.clone());
+            let traces = traces.clone();
+            let received = received.clone();
+            let create = &create;
+            async move {
+                create(Some(format!("00-{trace}-00f067aa0ba902b7-01"))).await;
+                has_span(&received, "loms", "rpc", &traces)
+                    && has_span(&received, "loms", "publish", &traces)
+                    && has_span(&received, "notifier", "handle", &traces)
+            }
+        },
+    )
+    .await;
+    for log in [loms.process.log_text(), notifier.process.log_text()] {
+        assert!(log.contains("span collector reachable again"), "{log}");
     }
 }
