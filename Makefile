@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
+.PHONY: setup jaeger run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -20,9 +20,14 @@ run: release
 
 # A stack of its own on free ports (unless DATABASE_URL and KAFKA_BROKERS name one), the whole
 # test suite against it, and the stack stopped afterwards, even on failure.
-test: setup
+test: setup jaeger
 	cargo build --workspace --all-targets
 	deploy/local/with-stack.sh cargo test --workspace --no-fail-fast
+
+# Jaeger (v2, all in one), built once from the Go module proxy (about 6 minutes) and cached: the
+# tests export spans to it; `make run` starts it when it is built.
+jaeger: setup
+	deploy/local/jaeger.sh >/dev/null
 
 # Records the released schemas (api/, events-proto/ schema-snapshot.txtpb) on purpose, for a
 # release: `make test` refuses any change to the protos that breaks a reader of the snapshot.

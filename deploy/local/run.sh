@@ -8,8 +8,11 @@
 #   BIN_DIR                            where loms and notifier are (default target/release)
 #   KEEP_STACK=1                       leave PostgreSQL and Kafka running on exit
 #   OTEL_EXPORTER_OTLP_ENDPOINT        where loms and the notifiers export their spans; when
-#                                      unset and a `jaeger` binary is on PATH, one is started
-#                                      (UI on http://localhost:16686)
+#                                      unset and Jaeger is built (`make jaeger`, `make test`)
+#                                      or on PATH, it is started (query API and UI on
+#                                      http://localhost:16686)
+#   JAEGER_OTLP_HTTP_ADDR, JAEGER_QUERY_ADDR, JAEGER_QUERY_GRPC_ADDR
+#                                      that Jaeger's addresses (deploy/jaeger/config.yaml)
 #
 # A terminal's Ctrl-C reaches its whole foreground process group. So the services run in
 # sessions of their own (setsid) and hear only this script, which stops them once, in order;
@@ -55,14 +58,15 @@ prefixed() { # name, command...
 }
 
 if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
-  if command -v jaeger >/dev/null; then
-    prefixed jaeger jaeger
-    export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318
-    echo "run: traces in Jaeger, http://localhost:16686" >&2
+  if jaeger=$("$here/jaeger.sh" --if-built) || jaeger=$(command -v jaeger); then
+    prefixed jaeger "$jaeger" --config "$here/../jaeger/config.yaml"
+    export OTEL_EXPORTER_OTLP_ENDPOINT=http://${JAEGER_OTLP_HTTP_ADDR:-127.0.0.1:4318}
+    echo "run: traces in Jaeger: http://${JAEGER_QUERY_ADDR:-127.0.0.1:16686}/api/traces/<trace id>" \
+      "(and its UI, if the binary has one)" >&2
   else
-    echo "run: spans are not exported; to follow orders in Jaeger, put its binary on PATH" \
-      "(go install github.com/jaegertracing/jaeger/cmd/jaeger@latest) or set" \
-      "OTEL_EXPORTER_OTLP_ENDPOINT to a collector's OTLP/HTTP address" >&2
+    echo "run: spans are not exported; to follow orders in Jaeger, build it once with" \
+      "\`make jaeger\` (about 6 minutes) or set OTEL_EXPORTER_OTLP_ENDPOINT to a collector's" \
+      "OTLP/HTTP address" >&2
   fi
 fi
 

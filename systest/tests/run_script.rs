@@ -46,7 +46,12 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .arg(&stack_dir)
         .status()
         .unwrap();
-    let (pg, kafka, grpc) = (free_port(), free_port(), free_port());
+    let (pg, kafka, grpc, jaeger) = (free_port(), free_port(), free_port(), free_port());
+    // Built (once) here as `make test` builds it: run.sh starts Jaeger when it is built.
+    let built = Command::new(testkit::stack::root().join("deploy/local/jaeger.sh"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "Jaeger builds");
     let log = stack_dir.join("run.log");
     let mut run = Command::new("bash")
         .arg(testkit::stack::root().join("deploy/local/run.sh"))
@@ -57,6 +62,16 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .env("LOMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("LOMS_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("BIN_DIR", bin_dir())
+        .env(
+            "JAEGER_OTLP_HTTP_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("JAEGER_QUERY_ADDR", format!("127.0.0.1:{jaeger}"))
+        .env(
+            "JAEGER_QUERY_GRPC_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("DATABASE_URL")
         .env_remove("KAFKA_BROKERS")
         .stdin(Stdio::null())
@@ -98,6 +113,21 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
     })
     .await;
 
+    // Their spans in the Jaeger it started.
+    let services = format!("http://127.0.0.1:{jaeger}/api/services");
+    eventually(
+        "Jaeger knows loms and the notifier",
+        START_PATIENCE,
+        || async {
+            let Ok(reply) = reqwest::get(&services).await else {
+                return false;
+            };
+            let text = reply.text().await.unwrap_or_default();
+            text.contains("\"loms\"") && text.contains("\"notifier\"")
+        },
+    )
+    .await;
+
     // Ctrl-C: SIGINT to the whole foreground group.
     let group = run.id().to_string();
     let sent = Command::new("kill")
@@ -131,5 +161,9 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
     .flat_map(|marker| processes_mentioning(marker))
     .collect();
     assert!(left.is_empty(), "left running: {left:#?}\n{text}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", jaeger)).is_err(),
+        "Jaeger left running:\n{text}"
+    );
     let _ = std::fs::remove_dir_all(&stack_dir);
 }

@@ -1,6 +1,7 @@
 //! One order followed across services: the caller's W3C trace context goes from gRPC or HTTP
 //! through the outbox and Kafka to the notifier's log lines, and spans of loms and of the
-//! notifier reach an OTLP receiver (built here on the official OTLP protobufs) under that trace.
+//! notifier reach Jaeger under that trace. A collector that is away and comes back is played by
+//! an OTLP receiver built here on the official OTLP protobufs, on an address chosen beforehand.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use testkit::eventually;
+use testkit::jaeger::Jaeger;
 use testkit::kafka;
 use testkit::process::{LomsOptions, NotifierOptions};
 
@@ -19,13 +21,6 @@ const SKU: i64 = 1076963;
 
 /// (service name, trace id, span name) of every span received.
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
-
-/// An OTLP/HTTP receiver on a free port: its base URL, and what it received.
-async fn receiver() -> (String, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    (format!("http://{address}"), receiver_on(listener))
-}
 
 /// An OTLP/HTTP receiver on `listener`: what it received.
 fn receiver_on(listener: tokio::net::TcpListener) -> Received {
@@ -102,8 +97,9 @@ fn trace_of(traceparent: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_callers_trace_follows_its_order_to_kafka_the_notifier_and_the_collector() {
-    let (otlp, received) = receiver().await;
+async fn a_callers_trace_follows_its_order_to_kafka_the_notifier_and_jaeger() {
+    let jaeger = Jaeger::start().await;
+    let otlp = jaeger.otlp.clone();
     let db = testkit::db::fresh_database().await;
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     // Quiet logs: the trace does not depend on what is logged.
@@ -197,25 +193,15 @@ async fn a_callers_trace_follows_its_order_to_kafka_the_notifier_and_the_collect
         assert_eq!(line["trace_id"].as_str(), Some(trace.as_str()), "{line}");
     }
 
-    // Exported: spans of loms (the call, the publication) and of the notifier under each trace.
+    // In Jaeger: spans of loms (the call, the publication) and of the notifier under each trace.
     for (_, trace) in &expected {
-        eventually(
-            "spans of both services reach the collector",
-            PATIENCE,
-            || {
-                let received = received.lock().unwrap();
-                let names: HashSet<(&str, &str)> = received
-                    .iter()
-                    .filter(|(_, t, _)| t == trace)
-                    .map(|(service, _, name)| (service.as_str(), name.as_str()))
-                    .collect();
-                std::future::ready(
-                    names.contains(&("loms", "rpc"))
-                        && names.contains(&("loms", "publish"))
-                        && names.contains(&("notifier", "handle")),
-                )
-            },
-        )
+        eventually("Jaeger holds spans of both services", PATIENCE, || async {
+            let spans = jaeger.spans(trace).await;
+            ["rpc", "publish"]
+                .iter()
+                .all(|name| spans.contains(&("loms".into(), name.to_string())))
+                && spans.contains(&("notifier".into(), "handle".into()))
+        })
         .await;
     }
 }

@@ -8,6 +8,7 @@
 //! - [`process`]: loms and notifier as processes of their own, started until ready, signalled,
 //!   killed, waited for until gone and their ports free;
 //! - [`app`]: loms in the test's own process, on free ports;
+//! - [`jaeger`]: Jaeger on free ports, and the spans it holds of a trace;
 //! - [`eventually`]: the one poller;
 //! - [`checks`]: the judgement of a topic's events; [`compose`]: reading the compose file.
 
@@ -15,6 +16,7 @@ pub mod app;
 pub mod checks;
 pub mod compose;
 pub mod db;
+pub mod jaeger;
 pub mod kafka;
 pub mod process;
 pub mod stack;

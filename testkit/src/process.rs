@@ -43,7 +43,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn free_address() -> String {
+/// A free TCP address on the loopback interface.
+pub fn free_address() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
@@ -70,7 +71,7 @@ fn append(log: &Path) -> std::fs::File {
 }
 
 impl Process {
-    fn spawn(mut command: Command, log: &Path, through_pipe: bool) -> Self {
+    pub(crate) fn spawn(mut command: Command, log: &Path, through_pipe: bool) -> Self {
         let mut pipe_reader = None;
         if through_pipe {
             let mut reader = Command::new("cat")
