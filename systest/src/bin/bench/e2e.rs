@@ -9,9 +9,13 @@ use loms::domain::Status;
 use serde_json::{json, Value};
 use systest::percentile;
 use testkit::process::{free_port, NotifierOptions};
+use tonic::transport::Channel;
 
+use crate::cpu::{self, Usage};
 use crate::histogram::{self, Buckets};
 
+/// Seconds of orders sent at the run's rate before it is measured.
+const WARM_UP_SECS: u64 = 1;
 /// How long the notifier may take to log the last events of a run.
 const LOG_PATIENCE: Duration = Duration::from_secs(60);
 /// The quantiles reported.
@@ -38,6 +42,8 @@ enum Side {
 
 pub struct E2e {
     pub rate: u64,
+    /// What the machine's cores did while the orders were sent.
+    pub cpu: Usage,
     pub outbox: OutboxSample,
     /// Reply to log line, per order, sorted, in milliseconds.
     pub overall_ms: Vec<f64>,
@@ -70,6 +76,7 @@ impl E2e {
                 "autovacuums": self.outbox.autovacuums,
             },
             "orders": self.overall_ms.len(),
+            "cpu_cores": self.cpu.json(),
             "latency_ms": quantiles(&|q| self.p(q)),
             "stages_ms": stages,
         })
@@ -114,28 +121,18 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
     let client = api::LomsClient::connect(format!("http://{}", loms.grpc))
         .await
         .expect("gRPC connect");
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    let mut calls = Vec::new();
-    for i in 0..secs * rate {
-        ticker.tick().await;
-        let mut client = client.clone();
-        calls.push(tokio::spawn(async move {
-            let reply = client.order_create(crate::create_request(i)).await;
-            (
-                reply.expect("OrderCreate").get_ref().order_id,
-                SystemTime::now(),
-            )
-        }));
-    }
-    let replies: HashMap<i64, SystemTime> = futures::future::join_all(calls)
-        .await
-        .into_iter()
-        .map(|c| c.expect("a call"))
-        .collect();
+    // Warm-up, not measured: the first calls open the pool's connections, the producer's and
+    // the consumer's first requests find their brokers; the figures are of the steady state.
+    send(&client, WARM_UP_SECS * rate, rate).await;
+    let stages_before = scrape_stages(&loms.http, &metrics).await;
+    let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
+    let before = cpu::sample(pids.0, pids.1);
+    let replies = send(&client, secs * rate, rate).await;
+    let cpu = Usage::between(&before, &cpu::sample(pids.0, pids.1));
     let mut logged: HashMap<i64, SystemTime> = HashMap::new();
     testkit::eventually("the notifier logs every order", LOG_PATIENCE, || {
         logged = logged_at(&notifier.process.json_lines());
-        std::future::ready(logged.len() >= replies.len())
+        std::future::ready(replies.keys().all(|id| logged.contains_key(id)))
     })
     .await;
     let mut overall_ms: Vec<f64> = replies
@@ -151,11 +148,55 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
     overall_ms.sort_by(f64::total_cmp);
     sampling.cancel();
     let outbox = sampler.await.expect("the outbox sampler");
+    let stages = scrape_stages(&loms.http, &metrics)
+        .await
+        .into_iter()
+        .zip(stages_before)
+        .map(|((name, after), (_, before))| (name, after.since(&before)))
+        .collect();
+    E2e {
+        rate,
+        cpu,
+        outbox,
+        overall_ms,
+        stages,
+    }
+}
+
+/// `count` orders at `rate` per second, sent whether or not earlier ones were answered: when
+/// each was answered, by order id.
+async fn send(
+    client: &api::LomsClient<Channel>,
+    count: u64,
+    rate: u64,
+) -> HashMap<i64, SystemTime> {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut calls = Vec::new();
+    for i in 0..count {
+        ticker.tick().await;
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let reply = client.order_create(crate::create_request(i)).await;
+            (
+                reply.expect("OrderCreate").get_ref().order_id,
+                SystemTime::now(),
+            )
+        }));
+    }
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|c| c.expect("a call"))
+        .collect()
+}
+
+/// Every stage's histogram as the services expose it now.
+async fn scrape_stages(loms: &str, notifier: &str) -> Vec<(&'static str, Buckets)> {
     let (loms_text, notifier_text) = (
-        histogram::scrape(&loms.http).await,
-        histogram::scrape(&metrics).await,
+        histogram::scrape(loms).await,
+        histogram::scrape(notifier).await,
     );
-    let stages = STAGES
+    STAGES
         .iter()
         .map(|(name, metric, side)| {
             let text = match side {
@@ -164,13 +205,7 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
             };
             (*name, histogram::parse(text, metric))
         })
-        .collect();
-    E2e {
-        rate,
-        outbox,
-        overall_ms,
-        stages,
-    }
+        .collect()
 }
 
 /// When the notifier logged each order's `awaiting payment` event, from its JSON log lines.

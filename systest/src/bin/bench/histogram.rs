@@ -37,6 +37,19 @@ impl Buckets {
         self.0.last().map_or(0, |b| b.1)
     }
 
+    /// What was observed since `earlier`, a scrape of the same histogram.
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, count)| {
+                    let before = earlier.0.iter().find(|(l, _)| *l == le).map_or(0, |b| b.1);
+                    (le, count.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
     /// The `q` quantile in milliseconds, interpolated linearly within its bucket.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         let total = self.count();
@@ -75,6 +88,13 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "# TYPE x histogram\nx_sum 1.0\nx_count 4\nx_bucket{le=\"0.001\"} 1\nx_bucket{le=\"0.002\"} 3\nx_bucket{le=\"+Inf\"} 4\n";
+
+    #[test]
+    fn since_subtracts_an_earlier_scrape() {
+        let earlier = Buckets(vec![(0.001, 1), (0.002, 1), (f64::INFINITY, 2)]);
+        let later = parse(TEXT, "x").since(&earlier);
+        assert_eq!(later.0, vec![(0.001, 0), (0.002, 2), (f64::INFINITY, 2)]);
+    }
 
     #[test]
     fn quantiles_interpolate_within_buckets() {

@@ -5,6 +5,7 @@
 //! measurements, shorter.
 
 mod consume;
+mod cpu;
 mod drain;
 mod e2e;
 mod histogram;
@@ -22,6 +23,7 @@ use testkit::kafka::fresh_topic;
 use testkit::process::LomsProcess;
 use testkit::stack::target_dir;
 
+use crate::cpu::Usage;
 use crate::e2e::E2e;
 use crate::load::Load;
 
@@ -61,9 +63,22 @@ async fn system(name: &str) -> (LomsProcess, String) {
     (systest::loms(&db, &topic, &log).start().await, topic)
 }
 
+/// A load run and what the machine's cores did meanwhile.
+struct Run {
+    load: Load,
+    cpu: Usage,
+}
+
+impl Run {
+    /// CPU microseconds per call of `part`.
+    fn per_call_us(&self, part: &str) -> f64 {
+        self.cpu.of(part) / self.load.rate().max(1e-9) * 1e6
+    }
+}
+
 /// OrderCreate with 64 clients (relay and a notifier running, as in production), then
 /// OrderInfo with 64 clients on the orders just made; and peak memory of both services.
-async fn create_and_info(secs: u64) -> (Load, Load, f64, f64) {
+async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
     let (loms, topic) = system("create").await;
     let notifier = systest::notifier(
         &topic,
@@ -71,12 +86,17 @@ async fn create_and_info(secs: u64) -> (Load, Load, f64, f64) {
         &out_dir().join("notifier-create.log"),
     );
     let run = Duration::from_secs(secs);
-    let create = load::closed_loop(&loms.grpc, CLIENTS, run, |mut client, i| async move {
-        client
-            .order_create(create_request(i))
-            .await
-            .expect("OrderCreate");
-    })
+    let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
+    let (create, create_cpu) = cpu::measured(
+        pids.0,
+        pids.1,
+        load::closed_loop(&loms.grpc, CLIENTS, run, |mut client, i| async move {
+            client
+                .order_create(create_request(i))
+                .await
+                .expect("OrderCreate");
+        }),
+    )
     .await;
     let pool = sqlx::PgPool::connect(&loms.options().database_url)
         .await
@@ -86,18 +106,42 @@ async fn create_and_info(secs: u64) -> (Load, Load, f64, f64) {
         .await
         .expect("order ids");
     let ids = std::sync::Arc::new(ids);
-    let info = load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
-        let order_id = ids[(i as usize * 7919) % ids.len()];
-        async move {
-            client
-                .order_info(OrderInfoRequest { order_id })
-                .await
-                .expect("OrderInfo");
-        }
-    })
+    let (info, info_cpu) = cpu::measured(
+        pids.0,
+        pids.1,
+        load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
+            let order_id = ids[(i as usize * 7919) % ids.len()];
+            async move {
+                client
+                    .order_info(OrderInfoRequest { order_id })
+                    .await
+                    .expect("OrderInfo");
+            }
+        }),
+    )
     .await;
     let rss = (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb());
-    (create, info, rss.0, rss.1)
+    (
+        Run {
+            load: create,
+            cpu: create_cpu,
+        },
+        Run {
+            load: info,
+            cpu: info_cpu,
+        },
+        rss.0,
+        rss.1,
+    )
+}
+
+/// pgbench's rate with `builtin`, and what the machine's cores did meanwhile.
+async fn pgbench_run(builtin: &str, secs: u64) -> (f64, Usage) {
+    cpu::measured(None, None, async { pgbench::tps(builtin, CLIENTS, secs) }).await
+}
+
+fn print_cpu(cpu: &Usage) {
+    println!("     CPU, cores: {}", cpu.line());
 }
 
 fn print_e2e(e: &E2e) {
@@ -114,6 +158,7 @@ fn print_e2e(e: &E2e) {
         "     outbox during the run: up to {} live and {} dead rows, {} autovacuums",
         e.outbox.max_live, e.outbox.max_dead, e.outbox.autovacuums
     );
+    print_cpu(&e.cpu);
     for (name, b) in &e.stages {
         println!(
             "     {name:<22} p50 {:>7.2} / p95 {:>7.2} / p99 {:>7.2} / p99.9 {:>7.2} ms",
@@ -149,25 +194,45 @@ async fn main() {
         if quick { "quick" } else { "full" }
     );
 
-    let (create, info, rss_loms, rss_notifier) = create_and_info(plan.load_secs).await;
-    println!(
-        "1. OrderCreate, {CLIENTS} clients, {} s: {:.0} orders/s, p50 {:.2} ms, p99 {:.2} ms",
-        plan.load_secs,
-        create.rate(),
-        create.p(0.5),
-        create.p(0.99)
-    );
-    println!(
-        "   OrderInfo, {CLIENTS} clients, {} s: {:.0} /s, p50 {:.2} ms, p99 {:.2} ms",
-        plan.load_secs,
-        info.rate(),
-        info.p(0.5),
-        info.p(0.99)
-    );
+    let (create_run, info_run, rss_loms, rss_notifier) = create_and_info(plan.load_secs).await;
+    let (create, info) = (&create_run.load, &info_run.load);
+    for (name, run, unit) in [
+        ("OrderCreate", &create_run, "orders/s"),
+        ("OrderInfo", &info_run, "/s"),
+    ] {
+        println!(
+            "1. {name}, {CLIENTS} clients, {} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
+            plan.load_secs,
+            run.load.rate(),
+            run.load.p(0.5),
+            run.load.p(0.99)
+        );
+        print_cpu(&run.cpu);
+        println!(
+            "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us",
+            run.per_call_us("loms"),
+            run.per_call_us("postgres"),
+            run.per_call_us("load generator")
+        );
+    }
     pgbench::init();
-    let pg_update = pgbench::tps("simple-update", CLIENTS, plan.load_secs);
-    let pg_select = pgbench::tps("select-only", CLIENTS, plan.load_secs);
-    println!("   pgbench, {CLIENTS} clients, {} s: simple-update {pg_update:.0} tps, select-only {pg_select:.0} tps", plan.load_secs);
+    let (pg_update, pg_update_cpu) = pgbench_run("simple-update", plan.load_secs).await;
+    let (pg_select, pg_select_cpu) = pgbench_run("select-only", plan.load_secs).await;
+    for (name, tps, cpu) in [
+        ("simple-update", pg_update, &pg_update_cpu),
+        ("select-only", pg_select, &pg_select_cpu),
+    ] {
+        println!(
+            "   pgbench {name}, {CLIENTS} clients, {} s: {tps:.0} tps",
+            plan.load_secs
+        );
+        print_cpu(cpu);
+        println!(
+            "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us",
+            cpu.of("postgres") / tps * 1e6,
+            cpu.of("load generator") / tps * 1e6
+        );
+    }
 
     let half = ((create.rate() / 2.0) as u64).max(1);
     println!("2. end to end (reply to the notifier's log line), and per stage:");
@@ -189,7 +254,7 @@ async fn main() {
     );
     println!("5. peak RSS during 1: loms {rss_loms:.1} MB, notifier {rss_notifier:.1} MB");
 
-    let figures = write_figures(&create, &info, &e2e);
+    let figures = write_figures(create, info, &e2e);
     let (at_half, at_high, at_low) = (&e2e[0], &e2e[1], &e2e[2]);
     let results = json!({
         "mode": if quick { "quick" } else { "full" },
@@ -198,6 +263,12 @@ async fn main() {
         "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
         "pgbench_tps": pg_update,
         "create_vs_pgbench": create.rate() / pg_update,
+        "cpu_cores": {
+            "create": create_run.cpu.json(),
+            "info": info_run.cpu.json(),
+            "pgbench_simple_update": pg_update_cpu.json(),
+            "pgbench_select_only": pg_select_cpu.json(),
+        },
         "info_throughput_per_s": info.rate(),
         "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
         "pgbench_select_only_tps": pg_select,

@@ -1,0 +1,146 @@
+//! Where the machine's CPU goes during a run, per part of the system, from `/proc`: what bounds
+//! a figure on a machine where everything shares two cores.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+/// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU seconds used so far, per part, and by the whole machine.
+pub struct Sample {
+    at: Instant,
+    parts: Vec<(&'static str, f64)>,
+    machine_busy: f64,
+}
+
+/// (utime + stime, cutime + cstime) of a process, in seconds; the second is what its exited
+/// and reaped children used (PostgreSQL's backends, pgbench).
+fn times(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14 to 17 of stat; 3 is the first after ')'.
+    let own = (fields.get(11)? + fields.get(12)?) / TICKS_PER_S;
+    let children = (fields.get(13)? + fields.get(14)?) / TICKS_PER_S;
+    Some((own, children))
+}
+
+fn command(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// CPU seconds of every process named `name`, with what their reaped children used.
+fn by_name(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| command(*pid) == name)
+        .filter_map(times)
+        .map(|(own, children)| own + children)
+        .sum()
+}
+
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait is busy.
+    let busy: f64 = cpu
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    busy / TICKS_PER_S
+}
+
+/// A sample now: loms and the notifier by pid, PostgreSQL and the Kafka broker (the JVMs) by
+/// name, and the load generator (this program, with pgbench when it ran it).
+pub fn sample(loms: Option<u32>, notifier: Option<u32>) -> Sample {
+    let pid_seconds = |pid: Option<u32>| pid.and_then(times).map_or(0.0, |(own, _)| own);
+    let client = times(std::process::id()).map_or(0.0, |(own, children)| own + children);
+    Sample {
+        at: Instant::now(),
+        parts: vec![
+            ("postgres", by_name("postgres")),
+            ("kafka", by_name("java")),
+            ("loms", pid_seconds(loms)),
+            ("notifier", pid_seconds(notifier)),
+            ("load generator", client),
+        ],
+        machine_busy: machine_busy(),
+    }
+}
+
+/// Cores used on average between two samples, per part, then "other" and "idle".
+pub struct Usage(pub Vec<(&'static str, f64)>);
+
+impl Usage {
+    pub fn between(before: &Sample, after: &Sample) -> Self {
+        let secs = after.at.duration_since(before.at).as_secs_f64().max(1e-3);
+        let mut parts: Vec<(&'static str, f64)> = before
+            .parts
+            .iter()
+            .zip(&after.parts)
+            .map(|((name, b), (_, a))| (*name, ((a - b) / secs).max(0.0)))
+            .collect();
+        let busy = (after.machine_busy - before.machine_busy) / secs;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let known: f64 = parts.iter().map(|(_, c)| c).sum();
+        parts.push(("other", (busy - known).max(0.0)));
+        parts.push(("idle", (cores - busy).max(0.0)));
+        Self(parts)
+    }
+
+    pub fn of(&self, part: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == part)
+            .map_or(0.0, |(_, c)| *c)
+    }
+
+    pub fn line(&self) -> String {
+        self.0
+            .iter()
+            .map(|(name, cores)| format!("{name} {cores:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn json(&self) -> Value {
+        self.0
+            .iter()
+            .map(|(name, cores)| (name.to_string(), json!(cores)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Runs `work`, and what the machine's cores did meanwhile.
+pub async fn measured<T>(
+    loms: Option<u32>,
+    notifier: Option<u32>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Usage) {
+    let before = sample(loms, notifier);
+    let result = work.await;
+    (result, Usage::between(&before, &sample(loms, notifier)))
+}
