@@ -135,12 +135,9 @@ impl Storage {
                  UPDATE stocks s SET reserved = s.reserved + req.count
                  FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
              ), new_order AS (
-                 INSERT INTO orders (id, user_id, status, event_seq)
-                 SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6 FROM verdict
+                 INSERT INTO orders (id, user_id, status, event_seq, skus, counts)
+                 SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6, $2, $3 FROM verdict
                  RETURNING id
-             ), items AS (
-                 INSERT INTO order_items (order_id, sku, count)
-                 SELECT new_order.id, req.sku, req.count FROM new_order, req
              ), events AS (
                  INSERT INTO outbox (topic, key, payload, headers)
                  SELECT $8, e.k, e.p, e.h FROM new_order, verdict,
@@ -186,18 +183,13 @@ impl Storage {
         Err(Error::NotEnoughStock { order_id, shortage })
     }
 
-    /// The order with its lines, in one round trip.
+    /// The order with its lines: one row, by its primary key.
     pub async fn order(&self, order_id: i64) -> Result<OrderView, Error> {
-        let row: Option<(i64, Status, Vec<i64>, Vec<i64>)> = sqlx::query_as(
-            "SELECT o.user_id, o.status,
-                    COALESCE(array_agg(i.sku ORDER BY i.sku) FILTER (WHERE i.sku IS NOT NULL), '{}'),
-                    COALESCE(array_agg(i.count ORDER BY i.sku) FILTER (WHERE i.sku IS NOT NULL), '{}')
-             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
-             WHERE o.id = $1 GROUP BY o.id",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64, Status, Vec<i64>, Vec<i64>)> =
+            sqlx::query_as("SELECT user_id, status, skus, counts FROM orders WHERE id = $1")
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await?;
         let (user_id, status, skus, counts) = row.ok_or(Error::OrderNotFound(order_id))?;
         Ok(OrderView {
             status,
@@ -310,20 +302,13 @@ fn shortage(lines: &[Line], available: &[(i64, i64)]) -> Option<String> {
 }
 
 async fn lock_order(tx: &mut Transaction<'_, Postgres>, order_id: i64) -> Result<Locked, Error> {
-    let row: Option<(i64, Status, i64)> =
-        sqlx::query_as("SELECT user_id, status, event_seq FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let (user_id, status, event_seq) = row.ok_or(Error::OrderNotFound(order_id))?;
-    let (skus, counts): (Vec<i64>, Vec<i64>) = sqlx::query_as::<_, (i64, i64)>(
-        "SELECT sku, count FROM order_items WHERE order_id = $1 ORDER BY sku",
+    let row: Option<(i64, Status, i64, Vec<i64>, Vec<i64>)> = sqlx::query_as(
+        "SELECT user_id, status, event_seq, skus, counts FROM orders WHERE id = $1 FOR UPDATE",
     )
     .bind(order_id)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .unzip();
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (user_id, status, event_seq, skus, counts) = row.ok_or(Error::OrderNotFound(order_id))?;
     Ok(Locked {
         user_id,
         status,

@@ -1,0 +1,73 @@
+//! A migration keeps what earlier ones stored: orders made while their lines lived in a table of
+//! their own (`order_items`) read back the same once the lines moved into the order's row.
+
+use api::loms::{Item, OrderInfoRequest};
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
+use testkit::app::{settings, TestApp};
+
+/// The first migration that stores an order's lines in its row.
+const LINES_IN_ORDERS: i64 = 20260101000004;
+
+#[tokio::test]
+async fn orders_made_before_the_lines_moved_keep_their_lines() {
+    let url = testkit::db::fresh_database().await;
+    let pool = PgPool::connect(&url).await.unwrap();
+    // The schema as it was: the migrations before that one, from a folder of their own.
+    let earlier = std::env::temp_dir().join(format!("migrations-{}", testkit::unique()));
+    std::fs::create_dir_all(&earlier).unwrap();
+    for migration in loms::startup::MIGRATOR.iter() {
+        if migration.version < LINES_IN_ORDERS {
+            let name = format!(
+                "{}_{}.sql",
+                migration.version,
+                migration.description.replace(' ', "_")
+            );
+            std::fs::write(earlier.join(name), migration.sql.as_ref()).unwrap();
+        }
+    }
+    Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&earlier).unwrap();
+    for statement in [
+        "INSERT INTO orders (id, user_id, status, event_seq) VALUES (1, 7, 'awaiting payment', 2)",
+        "INSERT INTO order_items (order_id, sku, count) VALUES (1, 2956315, 3), (1, 1076963, 2)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+
+    // loms migrates the rest at start, and reads the order as it was made.
+    let app = TestApp::start(settings(&url, "loms.order-events.unused", false), &url).await;
+    let info = app
+        .client()
+        .await
+        .order_info(OrderInfoRequest { order_id: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.status, "awaiting payment");
+    assert_eq!(info.user_id, 7);
+    assert_eq!(
+        info.items,
+        vec![
+            Item {
+                sku: 1076963,
+                count: 2
+            },
+            Item {
+                sku: 2956315,
+                count: 3
+            },
+        ]
+    );
+    let old_table: Option<String> = sqlx::query_scalar("SELECT to_regclass('order_items')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(old_table, None, "the lines live in the order's row only");
+    app.stop().await;
+}
