@@ -57,21 +57,30 @@ pub struct OrderView {
     pub lines: Vec<Line>,
 }
 
+/// An order's row as read for a change.
+#[derive(sqlx::FromRow)]
 struct Locked {
     user_id: i64,
     status: Status,
     event_seq: i64,
-    lines: Vec<Line>,
+    skus: Vec<i64>,
+    counts: Vec<i64>,
+}
+
+impl Locked {
+    fn lines(&self) -> Vec<Line> {
+        lines_of(&self.skus, &self.counts)
+    }
 }
 
 fn columns(lines: &[Line]) -> (Vec<i64>, Vec<i64>) {
     lines.iter().map(|l| (l.sku, l.count)).unzip()
 }
 
-fn lines_of(skus: Vec<i64>, counts: Vec<i64>) -> Vec<Line> {
-    skus.into_iter()
+fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
+    skus.iter()
         .zip(counts)
-        .map(|(sku, count)| Line { sku, count })
+        .map(|(&sku, &count)| Line { sku, count })
         .collect()
 }
 
@@ -194,7 +203,7 @@ impl Storage {
         Ok(OrderView {
             status,
             user_id,
-            lines: lines_of(skus, counts),
+            lines: lines_of(&skus, &counts),
         })
     }
 
@@ -218,7 +227,6 @@ impl Storage {
                 })
             }
         };
-        let (skus, counts) = columns(&order.lines);
         let update = match effect {
             StockEffect::Nothing => None,
             StockEffect::Release => Some("UPDATE stocks s SET reserved = s.reserved - u.count
@@ -227,10 +235,10 @@ impl Storage {
                  FROM unnest($1::bigint[], $2::bigint[]) AS u(sku, count) WHERE s.sku = u.sku"),
         };
         if let Some(update) = update {
-            lock_stocks(&mut tx, &skus).await?;
+            lock_stocks(&mut tx, &order.skus).await?;
             sqlx::query(update)
-                .bind(&skus)
-                .bind(&counts)
+                .bind(&order.skus)
+                .bind(&order.counts)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -243,13 +251,14 @@ impl Storage {
         .bind(sequence)
         .execute(&mut *tx)
         .await?;
+        let lines = order.lines();
         let change = Change {
             order_id,
             user_id: order.user_id,
             status,
             previous: Some(order.status),
             sequence,
-            lines: &order.lines,
+            lines: &lines,
             facts,
             reason: None,
         };
@@ -302,19 +311,13 @@ fn shortage(lines: &[Line], available: &[(i64, i64)]) -> Option<String> {
 }
 
 async fn lock_order(tx: &mut Transaction<'_, Postgres>, order_id: i64) -> Result<Locked, Error> {
-    let row: Option<(i64, Status, i64, Vec<i64>, Vec<i64>)> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT user_id, status, event_seq, skus, counts FROM orders WHERE id = $1 FOR UPDATE",
     )
     .bind(order_id)
     .fetch_optional(&mut **tx)
-    .await?;
-    let (user_id, status, event_seq, skus, counts) = row.ok_or(Error::OrderNotFound(order_id))?;
-    Ok(Locked {
-        user_id,
-        status,
-        event_seq,
-        lines: lines_of(skus, counts),
-    })
+    .await?
+    .ok_or(Error::OrderNotFound(order_id))
 }
 
 async fn lock_stocks(tx: &mut Transaction<'_, Postgres>, skus: &[i64]) -> Result<(), sqlx::Error> {
