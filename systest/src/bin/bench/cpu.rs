@@ -117,6 +117,20 @@ impl Usage {
             .map_or(0.0, |(_, c)| *c)
     }
 
+    /// Cores busy, whatever with.
+    pub fn busy(&self) -> f64 {
+        self.0
+            .iter()
+            .filter(|(name, _)| *name != "idle")
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// Microseconds of the machine's CPU per operation at `rate` operations per second.
+    pub fn per_op_us(&self, rate: f64) -> f64 {
+        self.busy() / rate.max(1e-9) * 1e6
+    }
+
     pub fn line(&self) -> String {
         self.0
             .iter()

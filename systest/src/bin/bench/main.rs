@@ -209,10 +209,11 @@ async fn main() {
         );
         print_cpu(&run.cpu);
         println!(
-            "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us",
+            "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
             run.per_call_us("loms"),
             run.per_call_us("postgres"),
-            run.per_call_us("load generator")
+            run.per_call_us("load generator"),
+            run.cpu.per_op_us(run.load.rate())
         );
     }
     pgbench::init();
@@ -228,11 +229,18 @@ async fn main() {
         );
         print_cpu(cpu);
         println!(
-            "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us",
+            "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us; the machine's, all parts: {:.0} us",
             cpu.of("postgres") / tps * 1e6,
-            cpu.of("load generator") / tps * 1e6
+            cpu.of("load generator") / tps * 1e6,
+            cpu.per_op_us(tps)
         );
     }
+    // On shared cores a ratio cannot exceed the inverse ratio of the machine's CPU per call.
+    let create_bound = pg_update_cpu.per_op_us(pg_update) / create_run.cpu.per_op_us(create.rate());
+    let info_bound = pg_select_cpu.per_op_us(pg_select) / info_run.cpu.per_op_us(info.rate());
+    println!(
+        "   ratios the CPU per call allows: OrderCreate {create_bound:.2} of simple-update, OrderInfo {info_bound:.2} of select-only"
+    );
 
     let half = ((create.rate() / 2.0) as u64).max(1);
     println!("2. end to end (reply to the notifier's log line), and per stage:");
@@ -269,6 +277,8 @@ async fn main() {
             "pgbench_simple_update": pg_update_cpu.json(),
             "pgbench_select_only": pg_select_cpu.json(),
         },
+        "cpu_bound_create_vs_pgbench": create_bound,
+        "cpu_bound_info_vs_pgbench_select_only": info_bound,
         "info_throughput_per_s": info.rate(),
         "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
         "pgbench_select_only_tps": pg_select,
