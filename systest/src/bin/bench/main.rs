@@ -196,9 +196,8 @@ async fn main() {
         if quick { "quick" } else { "full" }
     );
 
-    // A fresh broker spends about a third of its CPU in its first minutes compiling its hot
-    // paths (C2, as `jstack` shows); a pass of the relay's and the notifier's traffic first,
-    // not measured, so that the figures are of a warm broker, as in production.
+    // A fresh broker compiles its hot paths first (JIT); a pass of the relay's and the
+    // notifier's traffic, not measured, so that the figures are of a warm broker.
     println!("0. warming the broker up: {WARM_UP_EVENTS} events drained by a relay and consumed by a notifier, not measured");
     drain::run(WARM_UP_EVENTS).await;
     consume::run(WARM_UP_EVENTS as usize).await;
