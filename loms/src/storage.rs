@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::Mutex;
 
 use crate::domain::{Action, Line, NewOrder, Status, StockEffect, Transition};
 use crate::error::Error;
@@ -29,12 +28,20 @@ pub struct Storage {
 /// and a block left unused at shutdown is a gap, as a rolled-back insert always was.
 #[derive(Default)]
 struct IdBlock {
-    ids: Mutex<VecDeque<i64>>,
+    ids: std::sync::Mutex<VecDeque<i64>>,
 }
 
 impl IdBlock {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<i64>> {
+        // A panic while holding it leaves a valid queue.
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn next(&self, pool: &PgPool) -> Result<i64, Error> {
-        if let Some(id) = self.ids.lock().await.pop_front() {
+        // Never held across an await: a plain mutex.
+        if let Some(id) = self.lock().pop_front() {
             return Ok(id);
         }
         let block: Vec<(i64,)> = sqlx::query_as(
@@ -43,7 +50,7 @@ impl IdBlock {
         .bind(ORDER_ID_BLOCK)
         .fetch_all(pool)
         .await?;
-        let mut ids = self.ids.lock().await;
+        let mut ids = self.lock();
         ids.extend(block.into_iter().map(|(id,)| id));
         ids.pop_front()
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("the sequence gave no ids")))

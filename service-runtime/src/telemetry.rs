@@ -336,7 +336,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
 /// The trace id of `span` (32 hex digits), as logged and propagated.
 pub fn trace_id(span: &tracing::Span) -> String {
-    span.context().span().span_context().trace_id().to_string()
+    context_trace_id(&span.context())
 }
 
 /// Makes the context carried by `carrier` (W3C `traceparent`, `tracestate`) the parent of

@@ -15,8 +15,6 @@ use crate::workload::{self, Tally};
 
 /// Notifiers of a run: two, so that each holds one of the topic's two partitions.
 const NOTIFIERS: usize = 2;
-/// How long the events of a run may take to reach the topic and the logs after the load.
-const DRAIN_PATIENCE: Duration = Duration::from_secs(180);
 
 pub struct Run {
     pub name: &'static str,
@@ -112,7 +110,7 @@ async fn finish(run: &Run, tally: &Tally) -> Value {
     let committed = judge::committed(&run.db).await;
     let expected: usize = committed.values().map(|h| h.len()).sum();
     let pool = sqlx::PgPool::connect(&run.db).await.expect("connect");
-    let drained = testkit::holds_within(DRAIN_PATIENCE, || async {
+    let drained = testkit::holds_within(testkit::db::DRAIN_PATIENCE, || async {
         let logged: std::collections::HashSet<String> = judge::read_logs(&run.dir)
             .into_iter()
             .flatten()
