@@ -60,6 +60,10 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     loop {
         let attempt = PgPoolOptions::new()
             .max_connections(db.max_connections)
+            // sqlx tests every connection it hands back to the pool with a round trip; a
+            // second one before each use would make every query three round trips. A
+            // connection that died idle in the pool fails one request (Unavailable), and goes.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(db.acquire_timeout_ms))
             .connect_with(options.clone())
             .await;
