@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use loms::domain::Status;
 use serde_json::{json, Value};
 use systest::percentile;
-use testkit::process::{free_port, NotifierOptions};
+use testkit::process::{free_port, NotifierOptions, NotifierProcess};
 use tonic::transport::Channel;
 
 use crate::cpu::{self, Usage};
@@ -123,18 +123,14 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
         .expect("gRPC connect");
     // Warm-up, not measured: the first calls open the pool's connections, the producer's and
     // the consumer's first requests find their brokers; the figures are of the steady state.
-    send(&client, WARM_UP_SECS * rate, rate).await;
+    let warm_up = send(&client, WARM_UP_SECS * rate, rate).await;
+    logged_by(&notifier, &warm_up).await;
     let stages_before = scrape_stages(&loms.http, &metrics).await;
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
     let before = cpu::sample(pids.0, pids.1);
     let replies = send(&client, secs * rate, rate).await;
     let cpu = Usage::between(&before, &cpu::sample(pids.0, pids.1));
-    let mut logged: HashMap<i64, SystemTime> = HashMap::new();
-    testkit::eventually("the notifier logs every order", LOG_PATIENCE, || {
-        logged = logged_at(&notifier.process.json_lines());
-        std::future::ready(replies.keys().all(|id| logged.contains_key(id)))
-    })
-    .await;
+    let logged = logged_by(&notifier, &replies).await;
     let mut overall_ms: Vec<f64> = replies
         .iter()
         .filter_map(|(id, reply)| {
@@ -206,6 +202,20 @@ async fn scrape_stages(loms: &str, notifier: &str) -> Vec<(&'static str, Buckets
             (*name, histogram::parse(text, metric))
         })
         .collect()
+}
+
+/// Waits until the notifier has logged every order of `replies`; when it logged each order.
+async fn logged_by(
+    notifier: &NotifierProcess,
+    replies: &HashMap<i64, SystemTime>,
+) -> HashMap<i64, SystemTime> {
+    let mut logged = HashMap::new();
+    testkit::eventually("the notifier logs every order", LOG_PATIENCE, || {
+        logged = logged_at(&notifier.process.json_lines());
+        std::future::ready(replies.keys().all(|id| logged.contains_key(id)))
+    })
+    .await;
+    logged
 }
 
 /// When the notifier logged each order's `awaiting payment` event, from its JSON log lines.
