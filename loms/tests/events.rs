@@ -252,3 +252,55 @@ async fn events_decode_with_the_released_schema() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_row_written_before_trace_context_still_publishes() {
+    // The service as deployed, with its telemetry: its relay's publication makes a span.
+    let db = testkit::db::fresh_database().await;
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    let _loms = testkit::process::LomsOptions::new(&db, &topic)
+        .start()
+        .await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let event = OrderEvent {
+        event_id: "01a21a8c-36a3-7551-a427-f48849edebe8".into(),
+        order_id: 4242,
+        status: "new".into(),
+        sequence: 1,
+        user_id: 7,
+        ..Default::default()
+    };
+    // Its headers as rows had them then: no traceparent, no tracestate.
+    let headers = serde_json::json!({
+        events_proto::headers::EVENT_ID: event.event_id,
+        events_proto::headers::MESSAGE_TYPE: events_proto::MESSAGE_TYPE,
+        events_proto::headers::CONTENT_TYPE: events_proto::CONTENT_TYPE,
+    });
+    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
+        .bind(&topic)
+        .bind(event.order_id.to_string())
+        .bind(event.encode_to_bytes())
+        .bind(headers)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // No wake-up from a transaction of loms's own: the relay finds it by its periodic read.
+
+    let messages = kafka::consume_until(&topic, Duration::from_secs(60), |m| !m.is_empty()).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].event(), Some(event.clone()));
+    assert_eq!(
+        messages[0].headers[events_proto::headers::EVENT_ID],
+        event.event_id
+    );
+    // The relay's publication starts a trace of its own for it: version, trace id, span id, flags.
+    let traceparent = &messages[0].headers["traceparent"];
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        [2, 32, 16, 2],
+        "{traceparent}"
+    );
+    assert!(parts[1].chars().any(|c| c != '0'), "{traceparent}");
+    wait_for_empty_outbox(&pool).await;
+}
