@@ -203,8 +203,15 @@ PROPS
 
 cluster_id() {
   if [ ! -f "$kafka_dir/cluster.id" ]; then
-    python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
-      >"$kafka_dir/cluster.id"
+    # As Kafka's own random ids: URL-safe base64 of 16 random bytes, never starting with "-"
+    # (one in 64 would, and the storage tool would read it as an option).
+    python3 -c '
+import base64, uuid
+while True:
+    id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not id.startswith("-"):
+        print(id)
+        break' >"$kafka_dir/cluster.id"
   fi
   cat "$kafka_dir/cluster.id"
 }

@@ -84,8 +84,15 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
 
     // An order, and its events logged by a notifier through the prefixed output.
     let address = format!("http://127.0.0.1:{grpc}");
-    eventually("loms serves", START_PATIENCE, || async {
-        api::LomsClient::connect(address.clone()).await.is_ok()
+    eventually("loms serves", START_PATIENCE, || {
+        if let Some(status) = run.try_wait().unwrap() {
+            panic!(
+                "run.sh exited ({status}) before loms served:\n{}",
+                log_text()
+            );
+        }
+        let address = address.clone();
+        async move { api::LomsClient::connect(address).await.is_ok() }
     })
     .await;
     let mut client = api::LomsClient::connect(address).await.unwrap();
