@@ -22,9 +22,6 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin=${BIN_DIR:-$here/../../target/release}
 
-"$here/stack.sh" up
-eval "$("$here/stack.sh" env)"
-
 pids=()
 stopping=
 stop() {
@@ -48,8 +45,12 @@ on_signal() {
   stop
   exit 130
 }
+# Set before the stack starts, so that a stack that fails halfway is taken down too.
 trap stop EXIT
 trap on_signal INT TERM
+
+"$here/stack.sh" up
+eval "$("$here/stack.sh" env)"
 
 prefixed() { # name, command...
   local name=$1; shift

@@ -4,6 +4,7 @@
 //! script must have stopped by itself.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,28 +19,39 @@ const STOP_PATIENCE: Duration = Duration::from_secs(90);
 /// Exit status of a script stopped by SIGINT.
 const INTERRUPTED: i32 = 130;
 
-/// Processes whose command line mentions `marker`.
-fn processes_mentioning(marker: &str) -> Vec<String> {
+/// Processes that run.sh started for the stack in `stack_dir`: it is on their command line
+/// (PostgreSQL, Kafka) or in their environment (`STACK_DIR`: the services, Jaeger, the log
+/// prefixers). As (pid, command line).
+fn started_by_the_run(stack_dir: &Path) -> Vec<(String, String)> {
+    let marker = stack_dir.to_string_lossy().to_string();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(marker) {
-            found.push(format!(
-                "{}: {cmdline}",
-                entry.file_name().to_string_lossy()
-            ));
+        let read = |name| std::fs::read(entry.path().join(name)).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+        let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+        if cmdline.contains(&marker) || environ.contains(&format!("STACK_DIR={marker}\0")) {
+            found.push((entry.file_name().to_string_lossy().into_owned(), cmdline));
         }
     }
     found
+}
+
+/// Kills what the run left, should the test fail before the run stopped it.
+struct Leftovers<'a>(&'a Path);
+
+impl Drop for Leftovers<'_> {
+    fn drop(&mut self) {
+        for (pid, _) in started_by_the_run(self.0) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    }
 }
 
 #[tokio::test]
 async fn ctrl_c_stops_the_services_and_then_the_stack() {
     let stack_dir = std::env::temp_dir().join(format!("loms-run-test-{}", testkit::unique()));
     std::fs::create_dir_all(&stack_dir).unwrap();
+    let _leftovers = Leftovers(&stack_dir);
     // PostgreSQL runs as its own user when the tests run as root.
     Command::new("chmod")
         .arg("755")
@@ -53,7 +65,13 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .unwrap();
     assert!(built.success(), "Jaeger builds");
     let log = stack_dir.join("run.log");
-    let mut run = Command::new("bash")
+    // One open file for both streams: two would write over each other.
+    let log_file = std::fs::File::create(&log).unwrap();
+    // A shell started in the background by a script (as CI may start this suite) gets SIGINT
+    // ignored, and a script cannot trap a signal ignored at its start: reset it, as a terminal
+    // has it.
+    let mut run = Command::new("env")
+        .args(["--default-signal=INT", "bash"])
         .arg(testkit::stack::root().join("deploy/local/run.sh"))
         .env("STACK_DIR", &stack_dir)
         .env("PG_PORT", pg.to_string())
@@ -75,8 +93,8 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .env_remove("DATABASE_URL")
         .env_remove("KAFKA_BROKERS")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
         .process_group(0)
         .spawn()
         .expect("start run.sh");
@@ -160,13 +178,7 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
             "{service} did not log its stop:\n{text}"
         );
     }
-    let left: Vec<String> = [
-        stack_dir.to_string_lossy().to_string(),
-        format!("127.0.0.1:{kafka}"),
-    ]
-    .iter()
-    .flat_map(|marker| processes_mentioning(marker))
-    .collect();
+    let left = started_by_the_run(&stack_dir);
     assert!(left.is_empty(), "left running: {left:#?}\n{text}");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", jaeger)).is_err(),
