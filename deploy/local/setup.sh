@@ -2,7 +2,7 @@
 # Installs what the local stack and the build need and this machine lacks: Java 17 and Maven
 # (the Kafka broker's jars come from Maven Central), PostgreSQL 15 server and client, cmake (to
 # build librdkafka), python3 (free ports); Rust and Go (1.24 or newer: the tests build Jaeger with it) it
-# only checks. As root on Debian it installs them with apt; otherwise
+# only checks, and only a missing Rust stops it. As root on Debian it installs them with apt; otherwise
 # it names the exact packages and the command, and fails. `make run`, `make test` and CI call it.
 set -euo pipefail
 
@@ -19,8 +19,8 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 if ! command -v go >/dev/null; then
-  echo "setup: go is missing: install Go 1.24 or newer (https://go.dev/dl); the tests build Jaeger with it" >&2
-  exit 1
+  # Only the tests need it (make jaeger fails then, saying so); make run goes on without Jaeger.
+  echo "setup: go is missing: the tests build Jaeger with Go 1.24 or newer (https://go.dev/dl)" >&2
 fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
