@@ -12,20 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
+use service_runtime::telemetry::Messaging;
+use service_runtime::Backoff;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, RelaySettings};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use opentelemetry::{Context as TraceContext, KeyValue};
-
 use crate::metrics::Metrics;
-use service_runtime::Backoff;
 
 pub struct Relay {
     pub connect: PgConnectOptions,
@@ -401,13 +401,14 @@ fn publish_span(row: &Row) -> TraceContext {
         "loms",
         "publish",
         SpanKind::Producer,
-        vec![
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation", "publish"),
-            KeyValue::new("messaging.destination.name", row.topic.clone()),
-            KeyValue::new("messaging.kafka.message.key", row.key.clone()),
-            KeyValue::new("outbox.id", row.id),
-        ],
+        Messaging {
+            operation: "publish",
+            topic: row.topic.clone(),
+            more: vec![
+                KeyValue::new("messaging.kafka.message.key", row.key.clone()),
+                KeyValue::new("outbox.id", row.id),
+            ],
+        },
         &StoredHeaders(&row.headers),
     )
 }

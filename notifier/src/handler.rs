@@ -10,6 +10,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
+use service_runtime::telemetry::Messaging;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
@@ -65,16 +66,17 @@ impl Handler {
             "notifier",
             "handle",
             SpanKind::Consumer,
-            vec![
-                KeyValue::new("messaging.system", "kafka"),
-                KeyValue::new("messaging.operation", "process"),
-                KeyValue::new("messaging.destination.name", message.topic().to_string()),
-                KeyValue::new(
-                    "messaging.kafka.destination.partition",
-                    i64::from(message.partition()),
-                ),
-                KeyValue::new("messaging.kafka.message.offset", message.offset()),
-            ],
+            Messaging {
+                operation: "process",
+                topic: message.topic().to_string(),
+                more: vec![
+                    KeyValue::new(
+                        "messaging.kafka.destination.partition",
+                        i64::from(message.partition()),
+                    ),
+                    KeyValue::new("messaging.kafka.message.offset", message.offset()),
+                ],
+            },
             &trace_context(message),
         );
         let trace_id = service_runtime::telemetry::context_trace_id(&span);

@@ -348,18 +348,33 @@ pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
     }
 }
 
-/// A span made with the OpenTelemetry API directly, for the hot paths that make one per
+/// What a Kafka message span is about: OpenTelemetry's messaging attributes.
+pub struct Messaging {
+    /// `publish` or `process`.
+    pub operation: &'static str,
+    pub topic: String,
+    /// Attributes of this operation alone (key, partition, offset, ...).
+    pub more: Vec<KeyValue>,
+}
+
+/// A span made with the OpenTelemetry API directly, for the hot paths that make one per Kafka
 /// message (the relay's publish, the notifier's handling): a child of the context `carrier`
 /// holds, or the root of a trace of its own. Returned in its context; it ends when dropped.
 pub fn message_span(
     service: &'static str,
     name: &'static str,
     kind: SpanKind,
-    attributes: Vec<KeyValue>,
+    messaging: Messaging,
     carrier: &dyn Extractor,
 ) -> opentelemetry::Context {
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
     let tracer = opentelemetry::global::tracer(service);
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "kafka"),
+        KeyValue::new("messaging.operation", messaging.operation),
+        KeyValue::new("messaging.destination.name", messaging.topic),
+    ];
+    attributes.extend(messaging.more);
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
