@@ -9,14 +9,22 @@ use serde::{Deserialize, Serialize};
 use service_runtime::kafka::Properties;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub grpc_addr: String,
     pub http_addr: String,
     /// Name of this replica in events and logs; defaults to the host name.
     pub instance_id: String,
-    /// Largest HTTP request body accepted.
+    /// Largest HTTP request body accepted; the default fits an order of `max_order_lines`.
     pub http_body_limit_bytes: usize,
+    /// Largest gRPC request message accepted; the default fits an order of `max_order_lines`.
+    pub grpc_max_message_bytes: usize,
+    /// Most lines (distinct skus) one order may have.
+    pub max_order_lines: usize,
+    /// Requests handled at once; one more is refused as ResourceExhausted.
+    pub max_concurrent_requests: usize,
+    /// How long one request may take before it is answered Unavailable.
+    pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout_ms: u64,
     pub database: DatabaseSettings,
@@ -26,7 +34,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// May carry a password: never printed.
     #[serde(serialize_with = "service_runtime::secret::serialize")]
@@ -38,20 +46,26 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
     pub client_id: String,
-    /// How long the producer retries one message before reporting a delivery error.
+    /// How long the producer retries one message before reporting a delivery error; 0 (the
+    /// default) retries until it is written or the producer fails for good, which keeps the
+    /// partition gapless. A stalled leader steps down after `relay.stall_timeout_ms` instead.
     pub message_timeout_ms: u64,
+    /// Largest event (payload, key and headers) written to the outbox: an order whose events
+    /// would be larger is refused as InvalidArgument. Below librdkafka's and the broker's
+    /// default limits (1,000,000 and 1,048,588 bytes).
+    pub max_event_bytes: usize,
     /// Extra librdkafka properties (SASL, TLS, tuning), passed through as they are.
     #[serde(serialize_with = "service_runtime::secret::serialize_map")]
     pub properties: Properties,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
     pub enabled: bool,
     pub batch_size: i64,
@@ -61,10 +75,21 @@ pub struct RelaySettings {
     pub backoff_max_ms: u64,
     /// PostgreSQL advisory lock key that elects the one active relay.
     pub lock_key: i64,
+    /// Deadline of every statement on the relay's connection: one that does not answer means
+    /// the connection is gone, and the leader stops publishing.
+    pub call_timeout_ms: u64,
+    /// The leader runs a statement at least this often, also while it waits for Kafka.
+    pub heartbeat_ms: u64,
+    /// A follower terminates a leader's session that has been silent for this long, so that a
+    /// leader cut off from the database cannot hold the lock for the OS's keepalive time.
+    pub lease_ms: u64,
+    /// A batch without any acknowledgement for this long ends the leadership term, so that a
+    /// replica that reaches the broker can publish.
+    pub stall_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub json: bool,
     /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
@@ -81,6 +106,10 @@ impl Default for Settings {
             http_addr: "0.0.0.0:8084".into(),
             instance_id: default_instance_id(),
             http_body_limit_bytes: 64 * 1024,
+            grpc_max_message_bytes: 64 * 1024,
+            max_order_lines: 1_000,
+            max_concurrent_requests: 1_024,
+            request_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
             database: DatabaseSettings::default(),
             kafka: KafkaSettings::default(),
@@ -107,7 +136,8 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
             topic: events_proto::TOPIC.into(),
             client_id: "loms".into(),
-            message_timeout_ms: 10_000,
+            message_timeout_ms: 0,
+            max_event_bytes: 900_000,
             properties: Properties::new(),
         }
     }
@@ -122,6 +152,10 @@ impl Default for RelaySettings {
             backoff_initial_ms: 200,
             backoff_max_ms: 5_000,
             lock_key: 0x6c6f_6d73, // "loms"
+            call_timeout_ms: 5_000,
+            heartbeat_ms: 1_000,
+            lease_ms: 10_000,
+            stall_timeout_ms: 20_000,
         }
     }
 }
@@ -139,6 +173,83 @@ impl Default for LogSettings {
 impl RelaySettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
+}
+
+impl Settings {
+    /// What no run can work with, refused at start with the key's name: a zero size or
+    /// interval (a relay that reads nothing, a busy loop), and timings that contradict each
+    /// other (a lease a live leader's heartbeat cannot renew).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("http_body_limit_bytes", self.http_body_limit_bytes as u64),
+            ("grpc_max_message_bytes", self.grpc_max_message_bytes as u64),
+            ("max_order_lines", self.max_order_lines as u64),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            (
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+            ),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+            (
+                "database.statement_timeout_ms",
+                self.database.statement_timeout_ms,
+            ),
+            ("kafka.max_event_bytes", self.kafka.max_event_bytes as u64),
+            (
+                "relay.batch_size",
+                u64::try_from(self.relay.batch_size).unwrap_or(0),
+            ),
+            ("relay.poll_interval_ms", self.relay.poll_interval_ms),
+            ("relay.backoff_initial_ms", self.relay.backoff_initial_ms),
+            ("relay.backoff_max_ms", self.relay.backoff_max_ms),
+            ("relay.call_timeout_ms", self.relay.call_timeout_ms),
+            ("relay.heartbeat_ms", self.relay.heartbeat_ms),
+            ("relay.lease_ms", self.relay.lease_ms),
+            ("relay.stall_timeout_ms", self.relay.stall_timeout_ms),
+        ];
+        let mut problems: Vec<String> = positive
+            .iter()
+            .filter(|(_, v)| *v == 0)
+            .map(|(k, _)| format!("{k} must be greater than 0"))
+            .collect();
+        let r = &self.relay;
+        if r.lease_ms <= r.heartbeat_ms + r.call_timeout_ms {
+            problems.push(format!(
+                "relay.lease_ms ({}) must exceed relay.heartbeat_ms + relay.call_timeout_ms ({})",
+                r.lease_ms,
+                r.heartbeat_ms + r.call_timeout_ms
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
@@ -190,7 +301,9 @@ impl Settings {
         if overrides.log_json {
             builder = builder.set_override("log.json", true)?;
         }
-        builder.build()?.try_deserialize()
+        let settings: Self = builder.build()?.try_deserialize()?;
+        settings.validate().map_err(config::ConfigError::Message)?;
+        Ok(settings)
     }
 }
 
@@ -254,6 +367,35 @@ mod tests {
             "SASL_SSL"
         );
         assert_eq!(s.kafka.topic, "loms.order-events", "default");
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_sizes_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("loms-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let file = dir.join("loms.toml");
+            std::fs::write(&file, text).unwrap();
+            let overrides = Overrides {
+                config: Some(file),
+                ..Default::default()
+            };
+            Settings::load(&overrides, env(&[]))
+                .map(drop)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(load("[relay]\nbatch_sise = 7\n").contains("batch_sise"));
+        assert!(load("grcp_addr = \"x\"\n").contains("grcp_addr"));
+        assert!(load("[relay]\nbatch_size = 0\n").contains("relay.batch_size"));
+        assert!(load("[relay]\npoll_interval_ms = 0\n").contains("relay.poll_interval_ms"));
+        assert!(load("[relay]\nlease_ms = 2000\n").contains("relay.lease_ms"));
+        let env_typo = Settings::load(
+            &Overrides::default(),
+            env(&[("LOMS_RELAY__BATCHSIZE", "1")]),
+        );
+        assert!(env_typo.unwrap_err().to_string().contains("batchsize"));
+        assert!(Settings::default().validate().is_ok());
     }
 
     #[test]

@@ -177,20 +177,35 @@ pub fn positive_id(field: &str, value: i64) -> Result<i64, Error> {
     }
 }
 
-pub fn new_order(request: &api::loms::OrderCreateRequest) -> Result<NewOrder, Error> {
+/// An OrderCreate as a client asked for it, in the domain's terms (converted at the edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRequest {
+    pub user_id: i64,
+    /// (sku, count) as given: duplicates not yet summed.
+    pub items: Vec<(i64, u32)>,
+}
+
+/// Validates `request`: ids and counts > 0, at least one line and at most `max_lines`.
+pub fn new_order(request: &OrderRequest, max_lines: usize) -> Result<NewOrder, Error> {
     let user_id = positive_id("user_id", request.user_id)?;
     if request.items.is_empty() {
         return Err(Error::invalid("items must not be empty"));
     }
+    if request.items.len() > max_lines {
+        return Err(Error::invalid(format!(
+            "items: at most {max_lines} lines per order, got {}",
+            request.items.len()
+        )));
+    }
     let mut by_sku: BTreeMap<i64, i64> = BTreeMap::new();
-    for (i, item) in request.items.iter().enumerate() {
-        positive_id(&format!("items[{i}].sku"), item.sku)?;
-        if item.count == 0 {
+    for (i, &(sku, count)) in request.items.iter().enumerate() {
+        positive_id(&format!("items[{i}].sku"), sku)?;
+        if count == 0 {
             return Err(Error::invalid(format!(
                 "items[{i}].count must be greater than 0, got 0"
             )));
         }
-        *by_sku.entry(item.sku).or_default() += i64::from(item.count);
+        *by_sku.entry(sku).or_default() += i64::from(count);
     }
     // The summed count of a sku must still fit the API's uint32 count.
     if let Some((sku, count)) = by_sku.iter().find(|(_, c)| **c > i64::from(u32::MAX)) {
@@ -211,16 +226,18 @@ pub fn new_order(request: &api::loms::OrderCreateRequest) -> Result<NewOrder, Er
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::loms::{Item, OrderCreateRequest};
 
-    fn request(user_id: i64, items: &[(i64, u32)]) -> OrderCreateRequest {
-        OrderCreateRequest {
+    const MAX_LINES: usize = 1_000;
+
+    fn request(user_id: i64, items: &[(i64, u32)]) -> OrderRequest {
+        OrderRequest {
             user_id,
-            items: items
-                .iter()
-                .map(|&(sku, count)| Item { sku, count })
-                .collect(),
+            items: items.to_vec(),
         }
+    }
+
+    fn new_order(request: &OrderRequest) -> Result<NewOrder, Error> {
+        super::new_order(request, MAX_LINES)
     }
 
     fn message(r: Result<NewOrder, Error>) -> String {
@@ -246,6 +263,20 @@ mod tests {
         assert!(message(new_order(&request(1, &[(1, 1), (-3, 1)]))).contains("items[1].sku"));
         assert!(message(new_order(&request(1, &[(1, 0)]))).contains("items[0].count"));
         assert!(message(new_order(&request(1, &[(1, u32::MAX), (1, 1)]))).contains("sku 1"));
+    }
+
+    #[test]
+    fn an_order_has_a_bounded_number_of_lines() {
+        let items: Vec<(i64, u32)> = (1..=MAX_LINES as i64 + 1).map(|sku| (sku, 1)).collect();
+        let refused = message(new_order(&request(1, &items)));
+        assert_eq!(refused, "items: at most 1000 lines per order, got 1001");
+        assert_eq!(
+            new_order(&request(1, &items[..MAX_LINES]))
+                .unwrap()
+                .lines
+                .len(),
+            MAX_LINES
+        );
     }
 
     #[test]

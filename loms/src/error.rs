@@ -25,6 +25,13 @@ pub enum Error {
     /// The database cannot be reached now; the client may retry.
     #[error("storage unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// As many requests as configured are in flight already.
+    #[error("too many requests in flight, retry later")]
+    Overloaded,
+    /// The request did not finish within the configured time; nothing it did is left half done
+    /// (each change is one transaction), so the client may retry.
+    #[error("request timed out after {0:?}, retry later")]
+    TimedOut(std::time::Duration),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }

@@ -36,6 +36,8 @@ struct Inner {
     request_duration: Family<MethodLabel, Histogram, fn() -> Histogram>,
     events_published: Counter,
     delivery_errors: Counter,
+    events_parked: Counter,
+    outbox_parked: Gauge,
     relay_leader: Gauge,
     outbox_backlog: Gauge,
     outbox_oldest_age: Gauge<f64, AtomicU64>,
@@ -44,86 +46,98 @@ struct Inner {
     relay_cycle: Histogram,
 }
 
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.clone());
+    g
+}
+
+fn stage(registry: &mut Registry, name: &str, help: &str) -> Histogram {
+    let h = service_runtime::metrics::latency_histogram();
+    registry.register(name, help, h.clone());
+    h
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
+        let r = &mut registry;
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration: Family<MethodLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(service_runtime::metrics::latency_histogram);
-        let (events_published, delivery_errors) = (Counter::default(), Counter::default());
-        let (relay_leader, outbox_backlog) = (Gauge::default(), Gauge::default());
         let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        r.register(
             "loms_requests",
             "Requests handled, by method and gRPC code.",
             requests.clone(),
         );
-        registry.register(
+        r.register(
             "loms_request_duration_seconds",
             "Time to handle a request, by method.",
             request_duration.clone(),
         );
-        registry.register(
-            "loms_events_published",
-            "Order events acknowledged by Kafka.",
-            events_published.clone(),
-        );
-        registry.register(
-            "loms_relay_delivery_errors",
-            "Batches stopped by a delivery error.",
-            delivery_errors.clone(),
-        );
-        registry.register(
-            "loms_relay_leader",
-            "1 when this replica holds the relay lock.",
-            relay_leader.clone(),
-        );
-        registry.register(
-            "loms_outbox_backlog",
-            "Events waiting in the outbox.",
-            outbox_backlog.clone(),
-        );
-        registry.register(
+        r.register(
             "loms_outbox_oldest_age_seconds",
             "Age of the oldest waiting event.",
             outbox_oldest_age.clone(),
         );
-        let stage = |registry: &mut Registry, name: &str, help: &str| {
-            let h = service_runtime::metrics::latency_histogram();
-            registry.register(name, help, h.clone());
-            h
+        let inner = Inner {
+            requests,
+            request_duration,
+            events_published: counter(
+                r,
+                "loms_events_published",
+                "Order events acknowledged by Kafka.",
+            ),
+            delivery_errors: counter(
+                r,
+                "loms_relay_delivery_errors",
+                "Batches stopped by a delivery error.",
+            ),
+            events_parked: counter(
+                r,
+                "loms_events_parked",
+                "Outbox rows parked: refused for good by the broker, or behind such a row of their order.",
+            ),
+            outbox_parked: gauge(
+                r,
+                "loms_outbox_parked_rows",
+                "Parked outbox rows waiting for an operator (loms outbox parked), as the relay last counted them.",
+            ),
+            relay_leader: gauge(
+                r,
+                "loms_relay_leader",
+                "1 when this replica holds the relay lock.",
+            ),
+            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox."),
+            outbox_oldest_age,
+            outbox_wait: stage(
+                r,
+                "loms_outbox_wait_seconds",
+                "Time from an event's transaction to its read by the relay.",
+            ),
+            publish: stage(
+                r,
+                "loms_relay_publish_seconds",
+                "Time from an event's read by the relay to its acknowledgement by Kafka.",
+            ),
+            relay_cycle: stage(
+                r,
+                "loms_relay_cycle_seconds",
+                "Time from a batch's read to its deletion once acknowledged.",
+            ),
+            registry: Registry::default(),
         };
-        let outbox_wait = stage(
-            &mut registry,
-            "loms_outbox_wait_seconds",
-            "Time from an event's transaction to its read by the relay.",
-        );
-        let publish = stage(
-            &mut registry,
-            "loms_relay_publish_seconds",
-            "Time from an event's read by the relay to its acknowledgement by Kafka.",
-        );
-        let relay_cycle = stage(
-            &mut registry,
-            "loms_relay_cycle_seconds",
-            "Time from a batch's read to its deletion once acknowledged.",
-        );
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
         service_runtime::telemetry::register_dropped_spans(&mut registry, "loms");
         Self {
-            inner: Arc::new(Inner {
-                registry,
-                requests,
-                request_duration,
-                events_published,
-                delivery_errors,
-                relay_leader,
-                outbox_backlog,
-                outbox_oldest_age,
-                outbox_wait,
-                publish,
-                relay_cycle,
-            }),
+            inner: Arc::new(Inner { registry, ..inner }),
         }
     }
 }
@@ -161,6 +175,15 @@ impl Metrics {
         self.inner.delivery_errors.inc();
     }
 
+    /// `n` outbox rows parked; `total` are parked now.
+    pub fn parked(&self, n: u64) {
+        self.inner.events_parked.inc_by(n);
+    }
+
+    pub fn set_parked_rows(&self, rows: i64) {
+        self.inner.outbox_parked.set(rows);
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.inner.relay_leader.set(i64::from(leader));
     }
@@ -170,12 +193,7 @@ impl Metrics {
     }
 
     pub async fn render(&self, pool: &PgPool) -> String {
-        let backlog: Result<(i64, f64), _> = sqlx::query_as(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM outbox",
-        )
-        .fetch_one(pool)
-        .await;
-        match backlog {
+        match crate::outbox::store::backlog(pool).await {
             Ok((rows, age)) => {
                 self.inner.outbox_backlog.set(rows);
                 self.inner.outbox_oldest_age.set(age);

@@ -2,13 +2,15 @@
 //! so both transports share one validation and one error mapping.
 
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use api::loms::{
     Item, OrderCancelRequest, OrderCancelResponse, OrderCreateRequest, OrderCreateResponse,
     OrderInfoRequest, OrderInfoResponse, OrderPayRequest, OrderPayResponse, StocksInfoRequest,
     StocksInfoResponse,
 };
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -31,6 +33,8 @@ pub fn status_of(e: Error) -> Status {
         Error::WrongStatus { .. } | Error::NotEnoughStock { .. } => {
             Status::failed_precondition(message)
         }
+        Error::Overloaded => Status::resource_exhausted(message),
+        Error::TimedOut(_) => Status::unavailable(message),
         Error::Unavailable(source) => {
             tracing::warn!(error = %source, "storage unavailable");
             Status::unavailable("storage unavailable, retry later")
@@ -61,15 +65,40 @@ impl opentelemetry::propagation::Extractor for Metadata<'_> {
     }
 }
 
+/// What one request may ask and take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_order_lines: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct LomsService {
     storage: Storage,
     metrics: Metrics,
+    limits: Limits,
+    /// A permit per request in flight, gRPC and HTTP together.
+    slots: Arc<Semaphore>,
 }
 
 impl LomsService {
-    pub fn new(storage: Storage, metrics: Metrics) -> Self {
-        Self { storage, metrics }
+    pub fn new(storage: Storage, metrics: Metrics, limits: Limits) -> Self {
+        Self {
+            storage,
+            metrics,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        }
+    }
+
+    /// Runs `work` if a slot is free, within the request timeout.
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let _slot = self.slots.try_acquire().map_err(|_| Error::Overloaded)?;
+        let timeout = self.limits.request_timeout;
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| Error::TimedOut(timeout))?
     }
 
     /// Runs one request in a span of its own and writes its log line: method, code, latency.
@@ -94,7 +123,11 @@ impl LomsService {
         let trace_id = service_runtime::telemetry::trace_id(&span);
         span.record("trace_id", trace_id.as_str());
         let started = Instant::now();
-        let result = work.instrument(span.clone()).await.map_err(status_of);
+        let result = self
+            .bounded(work)
+            .instrument(span.clone())
+            .await
+            .map_err(status_of);
         let _entered = span.enter();
         let code = result
             .as_ref()
@@ -116,6 +149,14 @@ impl LomsService {
     }
 }
 
+/// The request in the domain's terms.
+fn order_request(request: &OrderCreateRequest) -> domain::OrderRequest {
+    domain::OrderRequest {
+        user_id: request.user_id,
+        items: request.items.iter().map(|i| (i.sku, i.count)).collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl api::Loms for LomsService {
     async fn order_create(
@@ -123,7 +164,10 @@ impl api::Loms for LomsService {
         request: Request<OrderCreateRequest>,
     ) -> Result<Response<OrderCreateResponse>, Status> {
         self.observe("OrderCreate", request.metadata(), None, async {
-            let order = domain::new_order(request.get_ref())?;
+            let order = domain::new_order(
+                &order_request(request.get_ref()),
+                self.limits.max_order_lines,
+            )?;
             let order_id = self
                 .storage
                 .create_order(&order, &[(RPC, "OrderCreate")])
@@ -224,6 +268,11 @@ mod tests {
             shortage: "sku 1".into(),
         };
         assert_eq!(code(short), Code::FailedPrecondition);
+        assert_eq!(code(Error::Overloaded), Code::ResourceExhausted);
+        assert_eq!(
+            code(Error::TimedOut(Duration::from_secs(1))),
+            Code::Unavailable
+        );
         let status = status_of(Error::from(sqlx::Error::PoolTimedOut));
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("pool"));

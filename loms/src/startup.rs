@@ -15,7 +15,7 @@ use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
-use crate::service::LomsService;
+use crate::service::{Limits, LomsService};
 use crate::storage::Storage;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -34,9 +34,16 @@ pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions
         .expose_secret()
         .parse()
         .context("database.url is not a PostgreSQL URL")?;
-    Ok(options
-        .application_name("loms")
-        .options([("statement_timeout", db.statement_timeout_ms.to_string())]))
+    // Keepalives and a user timeout on the server's side of every session: a client that
+    // vanished without closing (a cut network, a frozen host) is dropped within about half a
+    // minute, and with it its locks, the relay's advisory lock among them.
+    Ok(options.application_name("loms").options([
+        ("statement_timeout", db.statement_timeout_ms.to_string()),
+        ("tcp_keepalives_idle", "10".to_string()),
+        ("tcp_keepalives_interval", "5".to_string()),
+        ("tcp_keepalives_count", "3".to_string()),
+        ("tcp_user_timeout", "25000".to_string()),
+    ]))
 }
 
 /// Where `options` connect to, without the password.
@@ -87,6 +94,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 impl Application {
     /// Connects to the database, migrates it, and binds both listeners (port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        // The relay's producer is built from the settings before anything else, so that a
+        // setting librdkafka refuses fails the start with its reason, not a relay loop.
+        if settings.relay.enabled {
+            let checked: rdkafka::producer::BaseProducer =
+                crate::relay::producer_config(&settings.kafka)
+                    .create()
+                    .context("the Kafka producer cannot be built from kafka settings")?;
+            drop(checked);
+        }
         let pool = connect(&settings.database).await?;
         migrate(&pool).await?;
         let grpc = TcpListener::bind(&settings.grpc_addr)
@@ -135,8 +154,14 @@ impl Application {
             topic: settings.kafka.topic.clone(),
             instance: settings.instance_id.clone(),
             written: wake.clone(),
+            max_event_bytes: settings.kafka.max_event_bytes,
         };
-        let service = LomsService::new(Storage::new(pool.clone(), outbox), metrics.clone());
+        let limits = Limits {
+            max_order_lines: settings.max_order_lines,
+            max_concurrent_requests: settings.max_concurrent_requests,
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        };
+        let service = LomsService::new(Storage::new(pool.clone(), outbox), metrics.clone(), limits);
         let relay_stop = CancellationToken::new();
         let relay = if settings.relay.enabled {
             let relay = Relay {
@@ -152,7 +177,13 @@ impl Application {
         };
 
         tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, instance = %settings.instance_id, "loms serving");
-        let grpc_server = serve_grpc(grpc, service.clone(), shutdown.clone()).await?;
+        let grpc_server = serve_grpc(
+            grpc,
+            service.clone(),
+            settings.grpc_max_message_bytes,
+            shutdown.clone(),
+        )
+        .await?;
         let router = crate::http::router(
             service,
             metrics,
@@ -161,6 +192,13 @@ impl Application {
         );
         let http_stop = shutdown.clone();
         let http_server = async move {
+            use axum::serve::ListenerExt;
+            // As on the gRPC port: small replies go out at once, not after a delayed ACK.
+            let http = http.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
             axum::serve(http, router)
                 .with_graceful_shutdown(async move { http_stop.cancelled().await })
                 .await
@@ -188,6 +226,7 @@ impl Application {
 async fn serve_grpc(
     listener: TcpListener,
     service: LomsService,
+    max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -201,9 +240,11 @@ async fn serve_grpc(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(api::LomsServer::new(service))
+        .add_service(api::LomsServer::new(service).max_decoding_message_size(max_message_bytes))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Replies are small and written at once: Nagle's algorithm would hold them back
+            // for the peer's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 shutdown.cancelled().await;
                 health

@@ -132,10 +132,10 @@ impl Storage {
                 at,
             )
         };
-        let reserved_rows = outcome(reserved_status, None);
+        let reserved_rows = outcome(reserved_status, None)?;
         // The event is built before the statement decides, so it names what could not be
         // reserved as a whole; the reply names the sku short and the counts, read back.
-        let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)));
+        let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)))?;
         let (reserved, locked_skus, available): (bool, Vec<i64>, Vec<i64>) = sqlx::query_as(
             "WITH req AS (
                  SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
@@ -292,13 +292,21 @@ impl Storage {
     }
 }
 
-/// The reason a `failed` order's event gives: the lines that could not all be reserved.
+/// Lines a `failed` order's reason names; the rest are counted.
+const REASON_LINES: usize = 20;
+
+/// The reason a `failed` order's event gives: the lines that could not all be reserved (the
+/// event carries every line anyway).
 fn unreservable(lines: &[Line]) -> String {
-    let lines: Vec<String> = lines
+    let mut named: Vec<String> = lines
         .iter()
+        .take(REASON_LINES)
         .map(|l| format!("sku {} x {}", l.sku, l.count))
         .collect();
-    format!("{NOT_ENOUGH_STOCK} for all of: {}", lines.join(", "))
+    if lines.len() > REASON_LINES {
+        named.push(format!("and {} more", lines.len() - REASON_LINES));
+    }
+    format!("{NOT_ENOUGH_STOCK} for all of: {}", named.join(", "))
 }
 
 /// Why the stock cannot cover `lines`, if it cannot. `available` is sorted by sku.
@@ -338,6 +346,17 @@ async fn lock_stocks(tx: &mut Transaction<'_, Postgres>, skus: &[i64]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_orders_reason_is_bounded() {
+        let lines: Vec<Line> = (1..=500).map(|sku| Line { sku, count: 1 }).collect();
+        let reason = unreservable(&lines);
+        assert!(reason.ends_with("sku 20 x 1, and 480 more"), "{reason}");
+        assert_eq!(
+            unreservable(&lines[..1]),
+            "not enough stock for all of: sku 1 x 1"
+        );
+    }
 
     #[test]
     fn shortage_names_the_first_missing_sku() {

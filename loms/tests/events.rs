@@ -179,6 +179,7 @@ async fn a_failed_transaction_sends_nothing() {
         topic: app.topic.clone(),
         instance: "test".into(),
         written: Arc::new(tokio::sync::Notify::new()),
+        max_event_bytes: loms::config::KafkaSettings::default().max_event_bytes,
     };
     let lines = [loms::domain::Line {
         sku: SKU_A,

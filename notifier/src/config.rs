@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use service_runtime::kafka::Properties;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub kafka: KafkaSettings,
     /// Where `/metrics` is served; none by default.
@@ -25,7 +25,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
@@ -128,7 +128,28 @@ impl Settings {
             service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
                 .map_err(anyhow::Error::msg)?;
         }
+        settings.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
+    }
+
+    /// Zero sizes and intervals are refused at start, by name.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("dedup_window", self.dedup_window as u64),
+            ("retry_initial_ms", self.retry_initial_ms),
+            ("retry_max_ms", self.retry_max_ms),
+            ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
+        ];
+        let problems: Vec<String> = positive
+            .iter()
+            .filter(|(_, v)| *v == 0)
+            .map(|(k, _)| format!("{k} must be greater than 0"))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
@@ -162,6 +183,18 @@ mod tests {
         );
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_sizes_are_refused_by_name() {
+        let env = |k: &str, v: &str| Some([(k.to_string(), v.to_string())].into_iter().collect());
+        let error = |k, v| {
+            Settings::load(&Flags::default(), env(k, v))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error("NOTIFIER_KAFKA__GROUPID", "x").contains("groupid"));
+        assert!(error("NOTIFIER_DEDUP_WINDOW", "0").contains("dedup_window"));
     }
 
     #[test]

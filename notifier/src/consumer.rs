@@ -19,6 +19,7 @@ pub struct Notifier {
     consumer: GroupConsumer,
     handler: Handler,
     settings: Settings,
+    metrics: Metrics,
 }
 
 impl Notifier {
@@ -28,12 +29,13 @@ impl Notifier {
             DeadLetters::new(settings.clone(), metrics.clone())
                 .context("the dead-letter writer")?,
             RecentIds::new(settings.dedup_window),
-            metrics,
+            metrics.clone(),
         );
         Ok(Self {
             consumer,
             handler,
             settings,
+            metrics,
         })
     }
 
@@ -44,6 +46,7 @@ impl Notifier {
             consumer,
             mut handler,
             settings,
+            metrics,
         } = self;
         tracing::info!(topic = %settings.kafka.topic, group = %settings.kafka.group_id, "notifier consuming");
         loop {
@@ -73,6 +76,7 @@ impl Notifier {
                 tracing::info!("offsets committed (nothing new since the last commit)")
             }
             Err(e) => {
+                metrics.commit_errors.inc();
                 tracing::warn!(error = %e, "final commit failed; the next member resumes from the last commit")
             }
         }

@@ -72,7 +72,10 @@ impl DeadLetters {
                 record = record.key(key);
             }
             let delay = match self.producer.send(record, WRITE_TIMEOUT).await {
-                Ok(_) => return true,
+                Ok(_) => {
+                    self.metrics.dlq_writes.inc();
+                    return true;
+                }
                 Err((e, _)) => {
                     self.metrics.dlq_retries.inc();
                     let delay = backoff.advance();

@@ -1,6 +1,7 @@
 //! What is done with each message: decoded, logged once per event id within the window (a
-//! redelivery is logged as a duplicate), or, when it does not decode, logged at ERROR and handed
-//! to the dead-letter writer.
+//! redelivery is logged as a duplicate, an unseen event behind a later one of its order in full,
+//! at WARN, as out of order), or, when it does not decode, logged at ERROR and handed to the
+//! dead-letter writer.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -14,7 +15,7 @@ use service_runtime::telemetry::Messaging;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
-use crate::dedup::RecentIds;
+use crate::dedup::{RecentIds, Seen};
 use crate::metrics::Metrics;
 
 /// The W3C trace context headers of a message.
@@ -36,6 +37,21 @@ fn trace_context(message: &BorrowedMessage<'_>) -> HashMap<String, String> {
 
 /// Bytes of an undecodable payload shown in its log line.
 const HEX_PREFIX_BYTES: usize = 16;
+/// Items of an event shown in its log line; the rest are counted.
+const ITEMS_SHOWN: usize = 20;
+
+/// An event's items as `skuxcount,...`, at most [`ITEMS_SHOWN`] of them.
+fn items_text(items: &[events_proto::Item]) -> String {
+    let mut text: Vec<String> = items
+        .iter()
+        .take(ITEMS_SHOWN)
+        .map(|i| format!("{}x{}", i.sku, i.count))
+        .collect();
+    if items.len() > ITEMS_SHOWN {
+        text.push(format!("+{} more", items.len() - ITEMS_SHOWN));
+    }
+    text.join(",")
+}
 
 pub struct Handler {
     dead_letters: DeadLetters,
@@ -113,30 +129,42 @@ impl Handler {
             .collect();
         metadata.sort();
         let metadata = metadata.join(",");
-        let items: Vec<String> = event
-            .items
-            .iter()
-            .map(|i| format!("{}x{}", i.sku, i.count))
-            .collect();
-        if self
+        let items = items_text(&event.items);
+        let seen = self
             .recent
-            .insert(&event.event_id, event.order_id, event.sequence)
-        {
-            self.metrics.handled.inc();
-            tracing::info!(
-                trace_id,
-                order_id = event.order_id, status = event.status, previous_status = event.previous_status,
-                occurred_at, user_id = event.user_id, sequence = event.sequence, items = items.join(","),
-                event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
-                metadata = %metadata, "order event"
-            );
-        } else {
-            self.metrics.duplicates.inc();
-            tracing::info!(
-                trace_id,
-                order_id = event.order_id, status = event.status, event_id = %event.event_id,
-                partition = message.partition(), offset = message.offset(), "duplicate order event, already logged"
-            );
+            .insert(&event.event_id, event.order_id, event.sequence);
+        match seen {
+            Seen::New => {
+                self.metrics.handled.inc();
+                tracing::info!(
+                    trace_id,
+                    order_id = event.order_id, status = event.status, previous_status = event.previous_status,
+                    occurred_at, user_id = event.user_id, sequence = event.sequence, items,
+                    event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
+                    metadata = %metadata, "order event"
+                );
+            }
+            // Never dropped: no one may have logged it yet.
+            Seen::OutOfOrder { after } => {
+                self.metrics.handled.inc();
+                self.metrics.out_of_order.inc();
+                tracing::warn!(
+                    trace_id,
+                    order_id = event.order_id, status = event.status, previous_status = event.previous_status,
+                    occurred_at, user_id = event.user_id, sequence = event.sequence, items,
+                    event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
+                    metadata = %metadata, out_of_order = true, after_sequence = after,
+                    "order event"
+                );
+            }
+            Seen::Duplicate => {
+                self.metrics.duplicates.inc();
+                tracing::info!(
+                    trace_id,
+                    order_id = event.order_id, status = event.status, event_id = %event.event_id,
+                    partition = message.partition(), offset = message.offset(), "duplicate order event, already logged"
+                );
+            }
         }
     }
 
@@ -158,5 +186,22 @@ impl Handler {
             hex_prefix = %prefix, %error, dlq = %self.dead_letters.dlq_topic(),
             "message does not decode as an OrderEvent; copying it to the dead-letter topic"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_shows_a_bounded_number_of_items() {
+        let items = |n: i64| -> Vec<events_proto::Item> {
+            (1..=n)
+                .map(|sku| events_proto::Item { sku, count: 2 })
+                .collect()
+        };
+        assert_eq!(items_text(&items(2)), "1x2,2x2");
+        let long = items_text(&items(1_000));
+        assert!(long.ends_with(",20x2,+980 more"), "{long}");
     }
 }

@@ -5,13 +5,17 @@ use anyhow::Context;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
 
+/// How long a dead-letter write may take in all before it fails and is retried: well below the
+/// consumer's `max.poll.interval.ms` (300 s), so that a slow write never gets the member
+/// evicted from its group.
+pub const DEAD_LETTER_TIMEOUT_MS: u32 = 30_000;
 /// How often librdkafka reports statistics (for the lag gauge) when metrics are served.
 const STATISTICS_INTERVAL_MS: u32 = 5_000;
 /// How often handled offsets are committed in the background.
@@ -42,9 +46,13 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(partitions) => {
                 tracing::info!(partitions = %describe(partitions), "partitions revoked, committing handled offsets");
-                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
                     // Nothing stored since the last commit is the common case.
-                    tracing::debug!(error = %e, "commit on revoke");
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => {
+                        self.metrics.commit_errors.inc();
+                        tracing::warn!(error = %e, "commit on revoke failed; the next member may see those messages again");
+                    }
                 }
             }
             Rebalance::Assign(_) => {}
@@ -61,7 +69,12 @@ impl ConsumerContext for GroupContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(offsets = %describe(offsets), "offsets committed"),
-            Err(e) => tracing::debug!(error = %e, "offset commit"),
+            // Nothing stored since the last commit: not an error.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                tracing::warn!(error = %e, offsets = %describe(offsets), "offset commit failed");
+            }
         }
     }
 }
@@ -121,6 +134,7 @@ pub fn dead_letter_producer(settings: &Settings) -> anyhow::Result<FutureProduce
     let defaults = [
         ("enable.idempotence", "true".to_string()),
         ("acks", "all".to_string()),
+        ("message.timeout.ms", DEAD_LETTER_TIMEOUT_MS.to_string()),
     ];
     service_runtime::kafka::client_config(
         &k.brokers,

@@ -16,7 +16,13 @@ pub struct Inner {
     pub handled: Counter,
     pub decode_errors: Counter,
     pub duplicates: Counter,
+    /// Unseen events logged after a later event of their order.
+    pub out_of_order: Counter,
     pub dlq_retries: Counter,
+    /// Messages written to the dead-letter topic.
+    pub dlq_writes: Counter,
+    /// Offset commits the broker refused or that failed.
+    pub commit_errors: Counter,
     /// Messages between the last handled offset and the end of the assigned partitions.
     pub lag: Gauge,
     /// Now minus the event's `occurred_at`, when it is handled.
@@ -49,6 +55,21 @@ impl Default for Metrics {
             "notifier_duplicates",
             "Events seen again within the window.",
         );
+        let out_of_order = counter(
+            &mut registry,
+            "notifier_out_of_order",
+            "Unseen events logged after a later event of their order.",
+        );
+        let dlq_writes = counter(
+            &mut registry,
+            "notifier_dlq_writes",
+            "Messages written to the dead-letter topic.",
+        );
+        let commit_errors = counter(
+            &mut registry,
+            "notifier_commit_errors",
+            "Offset commits that failed.",
+        );
         let dlq_retries = counter(
             &mut registry,
             "notifier_dlq_retries",
@@ -73,7 +94,10 @@ impl Default for Metrics {
             handled,
             decode_errors,
             duplicates,
+            out_of_order,
             dlq_retries,
+            dlq_writes,
+            commit_errors,
             lag,
             event_age,
         }))

@@ -270,3 +270,47 @@ async fn an_event_with_an_unknown_field_is_logged() {
         .count();
     assert_eq!(errors, 0, "{}", notifier.process.log_text());
 }
+
+/// A producer that lost an order's first event and resent it behind the second leaves the
+/// partition with sequence 2, then 1 (distinct ids): both are logged in full, the late one at
+/// WARN and marked out of order, and nothing is dropped as a duplicate.
+#[tokio::test]
+async fn an_unseen_earlier_event_after_a_later_one_is_logged_in_full() {
+    let topic = kafka::fresh_topic("loms.order-events.test", 1).await;
+    let group = format!("notifier-test-{}", testkit::unique());
+    let producer = kafka::producer();
+    let first = kafka::new_order_event(41);
+    let mut second = kafka::new_order_event(41);
+    second.sequence = 2;
+    second.status = testkit::Status::AwaitingPayment.as_str().into();
+    second.previous_status = testkit::Status::New.as_str().into();
+    for event in [&second, &first] {
+        kafka::produce(&producer, &topic, "41", &event.encode_to_bytes()).await;
+    }
+    let notifier = start(&topic, &group);
+    let ids = [second.event_id.clone(), first.event_id.clone()];
+    wait_until("both events are logged", || all_logged(&[&notifier], &ids)).await;
+    let lines = notifier.process.json_lines();
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == "order event" && l["event_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let late = line(&first.event_id);
+    assert_eq!(late["level"], "WARN");
+    assert_eq!(late["out_of_order"], true);
+    assert_eq!(late["after_sequence"], 2);
+    assert_eq!(late["sequence"], 1);
+    assert_eq!(late["status"], "new");
+    assert!(late["items"].is_string() && late["occurred_at"].is_string());
+    assert_eq!(line(&second.event_id)["level"], "INFO");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "duplicate order event, already logged"),
+        "{}",
+        notifier.process.log_text()
+    );
+}

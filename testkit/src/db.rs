@@ -47,6 +47,11 @@ pub async fn outbox_rows(pool: &PgPool) -> i64 {
     count(pool, "outbox").await
 }
 
+/// Rows the relay parked (events no retry can publish), waiting for an operator.
+pub async fn parked_rows(pool: &PgPool) -> i64 {
+    count(pool, "outbox_parked").await
+}
+
 pub async fn count(pool: &PgPool, table: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)
@@ -97,6 +102,7 @@ pub async fn fill_outbox(
         topic: topic.into(),
         instance: "testkit".into(),
         written: Default::default(),
+        max_event_bytes: loms::config::KafkaSettings::default().max_event_bytes,
     };
     let lines = [loms::domain::Line { sku, count: 1 }];
     let orders: Vec<i64> = orders.collect();

@@ -15,10 +15,13 @@ pub struct Verdict {
     pub reordered: usize,
     pub phantom: usize,
     pub duplicated: usize,
+    /// Log lines of unseen events the notifier marked as out of order (logged behind a later
+    /// event of their order): sightings, not reorderings.
+    pub out_of_order: usize,
 }
 
-/// (order id, sequence, status, event id) of an event.
-pub type Seen = (i64, i64, String, String);
+/// (order id, sequence, status, event id, marked out of order by the notifier) of an event.
+pub type Seen = (i64, i64, String, String, bool);
 
 /// Per order, the statuses of its events in sequence.
 pub type Committed = HashMap<i64, &'static [Status]>;
@@ -30,7 +33,7 @@ pub async fn read_topic(topic: &str) -> Vec<Seen> {
     messages
         .iter()
         .filter_map(|m| m.event())
-        .map(|e| (e.order_id, e.sequence, e.status, e.event_id))
+        .map(|e| (e.order_id, e.sequence, e.status, e.event_id, false))
         .collect()
 }
 
@@ -73,6 +76,7 @@ pub fn read_logs(dir: &Path) -> Vec<Vec<Seen>> {
                     v["sequence"].as_i64().unwrap_or(-1),
                     v["status"].as_str().unwrap_or_default().to_string(),
                     v["event_id"].as_str().unwrap_or_default().to_string(),
+                    v["out_of_order"] == true,
                 )
             })
             .collect();
@@ -110,7 +114,7 @@ pub fn judge_streams(
     let mut sightings = 0;
     for stream in streams {
         let mut last_sequence: HashMap<i64, i64> = HashMap::new();
-        for (order, sequence, status, event_id) in stream {
+        for (order, sequence, status, event_id, out_of_order) in stream {
             // A line the notifier itself marks as a redelivery (logged without a sequence)
             // claims no change of the order: it is judged neither for order nor as a sighting.
             if *sequence < 0 {
@@ -128,7 +132,9 @@ pub fn judge_streams(
             }
             // Order within one stream: a first sighting of a lower sequence after a higher one.
             let last = last_sequence.entry(order).or_insert(0);
-            if sequence < *last && !redelivery(stream, order, sequence, event_id) {
+            if *out_of_order {
+                verdict.out_of_order += 1;
+            } else if sequence < *last && !redelivery(stream, order, sequence, event_id) {
                 verdict.reordered += 1;
             }
             *last = (*last).max(sequence);
@@ -180,7 +186,7 @@ mod tests {
     use super::*;
 
     fn seen(order: i64, sequence: i64, status: Status, id: &str) -> Seen {
-        (order, sequence, status.as_str().into(), id.into())
+        (order, sequence, status.as_str().into(), id.into(), false)
     }
 
     #[test]
@@ -220,8 +226,14 @@ mod tests {
         ];
         let second = vec![
             seen(1, 3, Status::Payed, "c"),
-            (1, -1, Status::New.as_str().into(), "a".into()),
-            (1, -1, Status::AwaitingPayment.as_str().into(), "b".into()),
+            (1, -1, Status::New.as_str().into(), "a".into(), false),
+            (
+                1,
+                -1,
+                Status::AwaitingPayment.as_str().into(),
+                "b".into(),
+                false,
+            ),
         ];
         for streams in [[first.clone(), second.clone()], [second, first]] {
             let mut verdict = Verdict::default();
@@ -229,5 +241,20 @@ mod tests {
             let found = (verdict.lost, verdict.reordered, verdict.phantom);
             assert_eq!(found, (0, 0, 0));
         }
+    }
+
+    #[test]
+    fn a_late_event_the_notifier_marked_out_of_order_is_seen_not_reordered() {
+        let committed: Committed = [(1, Status::AwaitingPayment.history())]
+            .into_iter()
+            .collect();
+        let log = vec![
+            seen(1, 2, Status::AwaitingPayment, "b"),
+            (1, 1, Status::New.as_str().into(), "a".into(), true),
+        ];
+        let mut verdict = Verdict::default();
+        judge_streams(&[log], &committed, &mut verdict, false);
+        let found = (verdict.lost, verdict.reordered, verdict.out_of_order);
+        assert_eq!(found, (0, 0, 1));
     }
 }

@@ -146,6 +146,7 @@ async fn finish(run: &Run, tally: &Tally) -> Value {
     verdict.lost += from_logs.lost;
     verdict.reordered += from_logs.reordered;
     verdict.phantom += from_logs.phantom;
+    verdict.out_of_order += from_logs.out_of_order;
     json!({
         "name": run.name,
         "requests_ok": tally.ok.load(Ordering::Relaxed),
@@ -156,5 +157,7 @@ async fn finish(run: &Run, tally: &Tally) -> Value {
         "reordered": verdict.reordered,
         "phantom": verdict.phantom,
         "duplicated": verdict.duplicated,
+        "out_of_order": verdict.out_of_order,
+        "parked": testkit::db::parked_rows(&pool).await,
     })
 }

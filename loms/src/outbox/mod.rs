@@ -1,5 +1,7 @@
 //! Order events as outbox rows, written in the transaction of the change they describe.
 
+pub mod store;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -8,6 +10,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
 
 use crate::domain::{Line, Status};
+use crate::error::Error;
 
 /// What every event written by this replica shares.
 #[derive(Debug, Clone)]
@@ -16,6 +19,9 @@ pub struct Outbox {
     pub instance: String,
     /// Wakes this replica's relay once a transaction that wrote events has committed.
     pub written: Arc<Notify>,
+    /// Largest event (payload, key and headers) that may be written: no larger one could be
+    /// published, and it would hold back its order's later events.
+    pub max_event_bytes: usize,
 }
 
 /// Further facts the caller records with an event, in its metadata (e.g. which API call).
@@ -77,8 +83,9 @@ impl Outbox {
         }
     }
 
-    /// The outbox rows of `changes`, in that order.
-    pub fn rows(&self, changes: &[Change<'_>], at: SystemTime) -> Rows {
+    /// The outbox rows of `changes`, in that order; refused as invalid if an event would be
+    /// larger than the topic takes.
+    pub fn rows(&self, changes: &[Change<'_>], at: SystemTime) -> Result<Rows, Error> {
         let mut rows = Rows::default();
         // The context of the request that made the change travels with its events.
         let trace = service_runtime::telemetry::trace_headers(&tracing::Span::current());
@@ -93,10 +100,19 @@ impl Outbox {
             for (name, value) in &trace {
                 headers[name] = serde_json::Value::String(value.clone());
             }
+            let payload = event.encode_to_bytes();
+            let bytes =
+                payload.len() + event.order_id.to_string().len() + headers.to_string().len();
+            if bytes > self.max_event_bytes {
+                return Err(Error::invalid(format!(
+                    "order too large: its {} event would be {bytes} bytes, the most is {}; fewer items would fit",
+                    event.status, self.max_event_bytes
+                )));
+            }
             rows.headers.push(headers);
-            rows.payloads.push(event.encode_to_bytes());
+            rows.payloads.push(payload);
         }
-        rows
+        Ok(rows)
     }
 
     /// Inserts the events of `changes`, in that order, into the outbox of `tx`. The caller has
@@ -106,8 +122,8 @@ impl Outbox {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         changes: &[Change<'_>],
-    ) -> Result<(), sqlx::Error> {
-        let rows = self.rows(changes, SystemTime::now());
+    ) -> Result<(), Error> {
+        let rows = self.rows(changes, SystemTime::now())?;
         sqlx::query(
             "INSERT INTO outbox (topic, key, payload, headers)
              SELECT $1, k, p, h FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY AS u(k, p, h, n)

@@ -1,0 +1,598 @@
+//! The publishing pipeline of one leadership term, in explicit states:
+//!
+//! - **streaming**: two batches in flight at once. While one awaits its acknowledgements, one
+//!   statement deletes what was acknowledged and reads the next batch, which is sent at once.
+//!   The read skips only the rows in flight, never "everything up to the last id read": a row
+//!   with a lower id may commit later, and it is then read next, while no later event of its
+//!   order can be in flight yet (that event's transaction locks the order after this one
+//!   committed).
+//! - **recovering**: after any failure, one batch at a time until one succeeds.
+//! - **isolating**: after the broker refused a batch for good, batches of one row, so that the
+//!   row it refuses is known; that row is parked with every later row of its order, and the
+//!   other orders go on at once.
+//!
+//! Any failure stops everything in flight: the rows acknowledged before it are deleted, every
+//! row from it on is read again from the database, in id order, by a new producer, so a later
+//! event of an order never overtakes an earlier one. A batch that gets no acknowledgement for
+//! the stall timeout ends the leadership term (the broker may be reachable from another
+//! replica); the leader's connection gets a heartbeat while it waits.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context as TraceContext, KeyValue};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use service_runtime::telemetry::Messaging;
+use service_runtime::Backoff;
+use tokio_util::sync::CancellationToken;
+
+use super::leadership::Leader;
+use super::Relay;
+use crate::metrics::Metrics;
+use crate::outbox::store::{self, Row};
+
+/// How long an unfinished batch may still take once shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often the parked rows are counted for their gauge while the relay is idle.
+const PARKED_RECOUNT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Streaming,
+    Recovering,
+    Isolating,
+}
+
+impl Mode {
+    fn batches_in_flight(self) -> usize {
+        match self {
+            Self::Streaming => 2,
+            Self::Recovering | Self::Isolating => 1,
+        }
+    }
+
+    fn batch_size(self, configured: i64) -> i64 {
+        match self {
+            Self::Isolating => 1,
+            Self::Streaming | Self::Recovering => configured,
+        }
+    }
+}
+
+/// Errors no retry can cure: the broker (or the producer, before sending) refuses the record
+/// itself. Anything else, a broker away or too few replicas included, is retried.
+fn permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+/// Why a batch stopped, at which row.
+struct Failure {
+    row: Row,
+    error: String,
+    permanent: bool,
+    /// The error concerns this row alone (refused before sending, or sent alone).
+    alone: bool,
+}
+
+pub struct Pipeline<'r> {
+    relay: &'r Relay,
+    producer: FutureProducer,
+    in_flight: VecDeque<Batch>,
+    done: Acknowledged,
+    mode: Mode,
+    backoff: Backoff,
+    parked_counted: Instant,
+}
+
+impl<'r> Pipeline<'r> {
+    pub fn new(relay: &'r Relay) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: producer(relay)?,
+            in_flight: VecDeque::new(),
+            done: Acknowledged::default(),
+            mode: Mode::Streaming,
+            backoff: relay.backoff(),
+            parked_counted: Instant::now(),
+            relay,
+        })
+    }
+
+    /// Relays until shutdown (Ok) or until the connection fails or publishing stalls (Err).
+    pub async fn run(
+        mut self,
+        leader: &mut Leader,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let result = self.stream(leader, shutdown).await;
+        match result {
+            Ok(()) => self.finish(leader, shutdown).await,
+            Err(e) => {
+                // Nothing of this term may still be sent; destroying a producer whose broker
+                // does not answer can block, so not on the runtime's threads.
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                let producer = self.producer;
+                tokio::task::spawn_blocking(move || drop(producer));
+                Err(e)
+            }
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        leader: &mut Leader,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let settings = &self.relay.settings;
+        self.count_parked(leader).await?;
+        while !shutdown.is_cancelled() {
+            if self.in_flight.len() < self.mode.batches_in_flight() {
+                let sending: Vec<i64> = self.in_flight.iter().flat_map(Batch::ids).collect();
+                let read_at = Instant::now();
+                let limit = self.mode.batch_size(settings.batch_size);
+                let rows = self.delete_and_read(leader, &sending, limit).await?;
+                let rows = self.park_blocked(leader, rows).await?;
+                if !rows.is_empty() {
+                    let batch = Batch::send(&self.producer, rows, read_at);
+                    self.in_flight.push_back(batch);
+                    continue; // read the next one while this one flies
+                }
+                if self.in_flight.is_empty() {
+                    if self.parked_counted.elapsed() >= PARKED_RECOUNT {
+                        self.count_parked(leader).await?;
+                    }
+                    // Idle, but never silent for longer than a heartbeat.
+                    let nap = settings.poll_interval().min(settings.heartbeat());
+                    tokio::select! {
+                        _ = self.relay.wake.notified() => {}
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
+            let Some(batch) = self.in_flight.pop_front() else {
+                continue;
+            };
+            match self.acknowledged(leader, batch, shutdown).await? {
+                None => {
+                    self.backoff.reset();
+                    self.mode = Mode::Streaming;
+                }
+                Some(failure) => self.failed(leader, failure, shutdown).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for `batch`'s acknowledgements, with a heartbeat on the leader's connection, and
+    /// gives up the term when none comes within the stall timeout.
+    async fn acknowledged(
+        &mut self,
+        leader: &mut Leader,
+        batch: Batch,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Failure>> {
+        let settings = &self.relay.settings;
+        let rows = batch.rows.len();
+        let acks = batch.acknowledged(shutdown, &self.relay.metrics, &mut self.done);
+        tokio::pin!(acks);
+        let stall = tokio::time::sleep(settings.stall_timeout());
+        tokio::pin!(stall);
+        let mut beat = tokio::time::interval(settings.heartbeat());
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                failure = &mut acks => return Ok(failure),
+                _ = beat.tick() => leader.heartbeat().await?,
+                _ = &mut stall, if !shutdown.is_cancelled() => anyhow::bail!(
+                    "relay: a batch of {rows} got no acknowledgement within {:?}; stepping down so that a replica that reaches the broker can publish",
+                    settings.stall_timeout()
+                ),
+            }
+        }
+    }
+
+    /// Stops everything in flight, deletes what was acknowledged, and goes on from the failed
+    /// row: parked if the broker refused it alone for good, sent alone if it refused its batch
+    /// for good, resent after a back-off otherwise.
+    async fn failed(
+        &mut self,
+        leader: &mut Leader,
+        failure: Failure,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let metrics = &self.relay.metrics;
+        metrics.delivery_error();
+        let Failure {
+            row,
+            error,
+            permanent,
+            alone,
+        } = failure;
+        // Nothing queued in the old producer may overtake the resend.
+        self.in_flight.clear();
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        self.delete_acknowledged(leader).await?;
+        let pause = match (permanent, alone || self.mode == Mode::Isolating) {
+            (true, true) => {
+                self.park(leader, &row, &error).await?;
+                self.mode = Mode::Recovering;
+                None
+            }
+            (true, false) => {
+                tracing::warn!(outbox_id = row.id, key = %row.key, %error,
+                    "relay: the broker refused a batch for good; sending one row at a time to find the row it refuses");
+                self.mode = Mode::Isolating;
+                None
+            }
+            (false, _) => {
+                tracing::warn!(outbox_id = row.id, key = %row.key, %error,
+                    "relay: delivery failed, resending from the database after a back-off");
+                self.mode = Mode::Recovering;
+                Some(self.backoff.advance())
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        self.producer = producer(self.relay)?;
+        Ok(())
+    }
+
+    /// Parks `row`, which the broker refuses for good, with every other row of its order.
+    async fn park(&mut self, leader: &mut Leader, row: &Row, error: &str) -> anyhow::Result<()> {
+        let (key, first) = (row.key.as_str(), row.id);
+        let ids = leader
+            .call("parking an order's events", |c| {
+                store::park_order(c, key, first, error)
+            })
+            .await?;
+        tracing::error!(outbox_id = row.id, key = %row.key, bytes = row.payload.len(), %error,
+            "relay: event parked: the broker refuses it for good; its order's events wait in outbox_parked (loms outbox parked | retry | drop), every other order goes on");
+        for id in ids.iter().filter(|id| **id != row.id) {
+            tracing::error!(outbox_id = id, key = %row.key, behind = row.id, "relay: event parked behind a parked event of its order");
+        }
+        self.relay.metrics.parked(ids.len() as u64);
+        self.count_parked(leader).await
+    }
+
+    /// Parks the rows read as blocked (their orders have parked events); returns the others.
+    async fn park_blocked(
+        &mut self,
+        leader: &mut Leader,
+        rows: Vec<Row>,
+    ) -> anyhow::Result<Vec<Row>> {
+        if !rows.iter().any(|r| r.blocked) {
+            return Ok(rows);
+        }
+        let (blocked, free): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.blocked);
+        let ids: Vec<i64> = blocked.iter().map(|r| r.id).collect();
+        let moved = leader
+            .call("parking events behind parked ones", |c| {
+                store::park_behind(c, &ids)
+            })
+            .await?;
+        for row in blocked.iter().filter(|r| moved.contains(&r.id)) {
+            tracing::error!(outbox_id = row.id, key = %row.key, "relay: event parked behind a parked event of its order");
+        }
+        self.relay.metrics.parked(moved.len() as u64);
+        self.count_parked(leader).await?;
+        Ok(free)
+    }
+
+    async fn count_parked(&mut self, leader: &mut Leader) -> anyhow::Result<()> {
+        let n = leader
+            .call("counting parked events", store::parked_count)
+            .await?;
+        self.relay.metrics.set_parked_rows(n);
+        self.parked_counted = Instant::now();
+        Ok(())
+    }
+
+    async fn delete_and_read(
+        &mut self,
+        leader: &mut Leader,
+        sending: &[i64],
+        limit: i64,
+    ) -> anyhow::Result<Vec<Row>> {
+        let done = &self.done.ids;
+        let rows = leader
+            .call("deleting published rows and reading the outbox", |c| {
+                store::delete_and_read(c, done, sending, limit)
+            })
+            .await?;
+        self.done.deleted(&self.relay.metrics);
+        for row in &rows {
+            self.relay.metrics.outbox_wait(row.waited);
+        }
+        Ok(rows)
+    }
+
+    async fn delete_acknowledged(&mut self, leader: &mut Leader) -> anyhow::Result<()> {
+        if !self.done.ids.is_empty() {
+            let done = &self.done.ids;
+            leader
+                .call("deleting published rows", |c| store::delete(c, done))
+                .await?;
+            self.done.deleted(&self.relay.metrics);
+        }
+        Ok(())
+    }
+
+    /// At shutdown: what is still in flight may be acknowledged within the grace; what is, is
+    /// deleted.
+    async fn finish(
+        mut self,
+        leader: &mut Leader,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        for batch in std::mem::take(&mut self.in_flight) {
+            if batch
+                .acknowledged(shutdown, &self.relay.metrics, &mut self.done)
+                .await
+                .is_some()
+            {
+                break;
+            }
+        }
+        self.delete_acknowledged(leader).await?;
+        let _ = self.producer.flush(SHUTDOWN_GRACE);
+        Ok(())
+    }
+}
+
+fn producer(relay: &Relay) -> anyhow::Result<FutureProducer> {
+    use anyhow::Context;
+    super::producer_config(&relay.kafka)
+        .create()
+        .context("relay: creating the producer")
+}
+
+/// Rows acknowledged by Kafka and not yet deleted, with when their batches were read.
+#[derive(Default)]
+struct Acknowledged {
+    ids: Vec<i64>,
+    read_at: Vec<Instant>,
+}
+
+impl Acknowledged {
+    /// They are deleted now: counted as published, and their batches' cycles end.
+    fn deleted(&mut self, metrics: &Metrics) {
+        metrics.published(self.ids.len() as u64);
+        for read_at in self.read_at.drain(..) {
+            metrics.relay_cycle(read_at.elapsed());
+        }
+        self.ids.clear();
+    }
+}
+
+/// A batch handed to the producer, in id order.
+struct Batch {
+    rows: Vec<Row>,
+    deliveries: Vec<DeliveryFuture>,
+    /// The publish span of each row sent (in its context), ended at its acknowledgement.
+    spans: Vec<TraceContext>,
+    /// Why enqueueing stopped before the end of the batch, if it did.
+    enqueue_error: Option<KafkaError>,
+    read_at: Instant,
+}
+
+impl Batch {
+    fn send(producer: &FutureProducer, rows: Vec<Row>, read_at: Instant) -> Self {
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut spans = Vec::with_capacity(rows.len());
+        let mut enqueue_error = None;
+        for row in &rows {
+            let span = publish_span(row);
+            let record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.payload)
+                .headers(headers(row, &span));
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    spans.push(span);
+                }
+                Err((e, _)) => {
+                    enqueue_error = Some(e);
+                    break;
+                }
+            }
+        }
+        Self {
+            rows,
+            deliveries,
+            spans,
+            enqueue_error,
+            read_at,
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.rows.iter().map(|r| r.id)
+    }
+
+    /// Waits for the acknowledgements in order and adds the acknowledged prefix to `done`;
+    /// returns the first row not acknowledged, and why, if any. After shutdown the batch gets
+    /// a grace period, then is abandoned.
+    async fn acknowledged(
+        self,
+        shutdown: &CancellationToken,
+        metrics: &Metrics,
+        done: &mut Acknowledged,
+    ) -> Option<Failure> {
+        let Self {
+            rows,
+            deliveries,
+            spans,
+            enqueue_error,
+            read_at,
+        } = self;
+        let alone = rows.len() == 1;
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(deadline);
+        let mut rows = rows.into_iter();
+        for (delivery, span) in deliveries.into_iter().zip(spans) {
+            let result = tokio::select! {
+                r = delivery => r,
+                _ = &mut deadline => Err(futures::channel::oneshot::Canceled),
+            };
+            let row = rows.next().expect("a row per delivery");
+            match result {
+                Ok(Ok(delivery)) => {
+                    let span = span.span();
+                    span.set_attribute(KeyValue::new(
+                        "messaging.kafka.destination.partition",
+                        i64::from(delivery.partition),
+                    ));
+                    span.set_attribute(KeyValue::new(
+                        "messaging.kafka.message.offset",
+                        delivery.offset,
+                    ));
+                    span.end();
+                    metrics.publish(read_at.elapsed());
+                    done.ids.push(row.id);
+                }
+                Ok(Err((e, _))) => {
+                    span.span().set_status(Status::error(e.to_string()));
+                    return Some(Failure {
+                        row,
+                        error: e.to_string(),
+                        permanent: permanent(&e),
+                        alone,
+                    });
+                }
+                Err(_) => {
+                    return Some(Failure {
+                        row,
+                        error: "delivery canceled or abandoned at shutdown".into(),
+                        permanent: false,
+                        alone,
+                    })
+                }
+            }
+        }
+        done.read_at.push(read_at);
+        match (rows.next(), enqueue_error) {
+            (Some(row), Some(e)) => Some(Failure {
+                row,
+                error: format!("enqueue: {e}"),
+                permanent: permanent(&e),
+                // The producer judged this message on its own.
+                alone: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The span of one event's publication, in its context: a child of the request that wrote the
+/// event (whose context the outbox row keeps), with OpenTelemetry's messaging attributes. Made
+/// with the OpenTelemetry API directly, not through `tracing`: one per event on the relay's
+/// hot path, it must cost next to nothing when spans are not exported.
+fn publish_span(row: &Row) -> TraceContext {
+    service_runtime::telemetry::message_span(
+        "loms",
+        "publish",
+        SpanKind::Producer,
+        Messaging {
+            operation: "publish",
+            topic: row.topic.clone(),
+            more: vec![
+                KeyValue::new("messaging.kafka.message.key", row.key.clone()),
+                KeyValue::new("outbox.id", row.id),
+            ],
+        },
+        &StoredHeaders(&row.headers),
+    )
+}
+
+/// An outbox row's headers as a carrier of the trace context it was written in.
+struct StoredHeaders<'a>(&'a serde_json::Value);
+
+impl opentelemetry::propagation::Extractor for StoredHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(serde_json::Value::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The Kafka headers of a row: those stored with it, the trace context being that of its
+/// publish span. Rows written before trace context was stored start a trace of their own.
+fn headers(row: &Row, span: &TraceContext) -> OwnedHeaders {
+    let trace = service_runtime::telemetry::context_headers(span);
+    let mut headers = OwnedHeaders::new();
+    if let Some(map) = row.headers.as_object() {
+        for (key, value) in map {
+            if trace.contains_key(key.as_str()) {
+                continue;
+            }
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_str().unwrap_or_default()),
+            });
+        }
+    }
+    for (key, value) in &trace {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_record_is_permanent() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert!(permanent(&produce(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(permanent(&produce(RDKafkaErrorCode::InvalidRecord)));
+        for retried in [
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(!permanent(&produce(retried)), "{retried:?}");
+        }
+    }
+
+    #[test]
+    fn after_a_failure_one_batch_flies_and_isolation_sends_one_row() {
+        assert_eq!(Mode::Streaming.batches_in_flight(), 2);
+        assert_eq!(Mode::Recovering.batches_in_flight(), 1);
+        assert_eq!(Mode::Isolating.batches_in_flight(), 1);
+        assert_eq!(Mode::Isolating.batch_size(1_000), 1);
+        assert_eq!(Mode::Recovering.batch_size(1_000), 1_000);
+    }
+}
