@@ -37,10 +37,17 @@ pub fn replication() -> i32 {
 }
 
 async fn create(name: &str, partitions: i32, exists_ok: bool) {
+    create_with(name, partitions, exists_ok, &[]).await;
+}
+
+async fn create_with(name: &str, partitions: i32, exists_ok: bool, config: &[(&str, &str)]) {
     let replication = replication();
     let min_isr = (replication - 1).max(1).to_string();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
         .set("min.insync.replicas", &min_isr);
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let results = admin()
         .create_topics(&[topic], &AdminOptions::new())
         .await
@@ -59,6 +66,29 @@ pub async fn fresh_topic(prefix: &str, partitions: i32) -> String {
     let name = format!("{prefix}.{}", crate::unique());
     create(&name, partitions, false).await;
     name
+}
+
+/// A topic of its own with topic-level `config` (e.g. `max.message.bytes`).
+pub async fn fresh_topic_with(prefix: &str, partitions: i32, config: &[(&str, &str)]) -> String {
+    let name = format!("{prefix}.{}", crate::unique());
+    create_with(&name, partitions, false, config).await;
+    name
+}
+
+/// Sets topic-level `config` of `topic`.
+pub async fn alter_topic(topic: &str, config: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (key, value) in config {
+        alter = alter.set(key, value);
+    }
+    for result in admin()
+        .alter_configs(&[alter], &AdminOptions::new())
+        .await
+        .expect("alter topic config")
+    {
+        result.unwrap_or_else(|(_, e)| panic!("altering {topic}: {e}"));
+    }
 }
 
 /// Creates the topic `name`, which must not exist yet.
