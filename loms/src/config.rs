@@ -23,7 +23,9 @@ pub struct Settings {
     pub max_order_lines: usize,
     /// Requests handled at once; one more is refused as ResourceExhausted.
     pub max_concurrent_requests: usize,
-    /// How long one request may take before it is answered Unavailable.
+    /// How long one request may take before it is answered Unavailable. Longer than the
+    /// statement timeout, so that the database, which can roll back, gives up first; this one
+    /// fires only when the database does not answer at all.
     pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout_ms: u64,
@@ -109,7 +111,7 @@ impl Default for Settings {
             grpc_max_message_bytes: 64 * 1024,
             max_order_lines: 1_000,
             max_concurrent_requests: 1_024,
-            request_timeout_ms: 10_000,
+            request_timeout_ms: 15_000,
             shutdown_timeout_ms: 10_000,
             database: DatabaseSettings::default(),
             kafka: KafkaSettings::default(),
@@ -237,6 +239,12 @@ impl Settings {
             .filter(|(_, v)| *v == 0)
             .map(|(k, _)| format!("{k} must be greater than 0"))
             .collect();
+        if self.request_timeout_ms <= self.database.statement_timeout_ms {
+            problems.push(format!(
+                "request_timeout_ms ({}) must exceed database.statement_timeout_ms ({})",
+                self.request_timeout_ms, self.database.statement_timeout_ms
+            ));
+        }
         let r = &self.relay;
         if r.lease_ms <= r.heartbeat_ms + r.call_timeout_ms {
             problems.push(format!(

@@ -132,7 +132,10 @@ async fn an_event_the_broker_refuses_parks_only_its_order_until_an_operator_acts
         seven[0], -1,
         "the large event first (it is not an OrderEvent)"
     );
-    assert!(seven[1..].iter().all(|s| *s > 0), "then its next event: {seven:?}");
+    assert!(
+        seven[1..].iter().all(|s| *s > 0),
+        "then its next event: {seven:?}"
+    );
     assert!(store::parked(&pool).await.unwrap().is_empty());
     assert!(!topic_sequences(&topic).await.contains_key("12"));
     app.stop().await;

@@ -46,9 +46,9 @@ fn failed(report: &Value) -> bool {
 fn print_table(reports: &[Value]) {
     println!();
     println!(
-        "| scenario | requests ok | events expected | lost | reordered | phantom | duplicated | OrderCreate errors during the fault | longest commit-to-log wait during the fault |"
+        "| scenario | requests ok | events expected | lost | reordered | phantom | duplicated | out of order | parked | OrderCreate errors during the fault | longest commit-to-log wait during the fault |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for s in reports {
         let during = |key: &str, scale: f64, unit: &str| {
             s[key]
@@ -56,7 +56,7 @@ fn print_table(reports: &[Value]) {
                 .map_or("".to_string(), |v| format!("{:.1}{unit}", v * scale))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s["name"].as_str().unwrap_or_default(),
             s["requests_ok"],
             s["events_expected"],
@@ -64,6 +64,8 @@ fn print_table(reports: &[Value]) {
             s["reordered"],
             s["phantom"],
             s["duplicated"],
+            s["out_of_order"],
+            s["parked"],
             during("create_error_rate_during_fault", 100.0, " %"),
             during("max_event_wait_ms_during_fault", 1e-3, " s"),
         );

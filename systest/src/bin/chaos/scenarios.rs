@@ -85,6 +85,11 @@ pub const ALL: &[Scenario] = &[
         replicas: 2,
         fault: |f| Box::pin(relay_leader_kill(f)),
     },
+    Scenario {
+        name: "poison_request",
+        replicas: 1,
+        fault: |f| Box::pin(poison_request(f)),
+    },
 ];
 
 /// The scenarios on a three-node cluster (replication factor 3, min.insync.replicas 2).
@@ -182,6 +187,73 @@ async fn relay_leader_kill(f: Fault) {
         "the other relay takes over",
         Duration::from_secs(100),
         || other.is_relay_leader(),
+    )
+    .await;
+    f.end();
+}
+
+/// Distinct unknown skus of the poison request: about 1.5 MB over gRPC, under gRPC's 4 MiB.
+const POISON_SKUS: i64 = 150_000;
+/// A payload no producer takes (librdkafka's limit is 1,000,000 bytes).
+const POISON_EVENT_BYTES: usize = 1_100_000;
+
+/// Between ordinary load: the 150,000-sku OrderCreate, through gRPC and HTTP (refused up front,
+/// nothing written), and an outbox row too large for any broker, as an older loms without the
+/// event limit could have written one: parked with its order, while every other order's events
+/// go on. The fault lasts until the row is parked.
+async fn poison_request(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    let (db, grpc, http, topic) = {
+        let run = f.run.lock().await;
+        let loms = &run.loms[0];
+        (
+            run.db.clone(),
+            loms.grpc.clone(),
+            loms.http.clone(),
+            run.topic.clone(),
+        )
+    };
+    f.begin();
+    let items: Vec<api::loms::Item> = (1..=POISON_SKUS)
+        .map(|sku| api::loms::Item { sku, count: 1 })
+        .collect();
+    let mut client = api::LomsClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("gRPC connect");
+    let grpc_reply = client
+        .order_create(api::loms::OrderCreateRequest { user_id: 1, items })
+        .await
+        .map(|r| r.get_ref().order_id);
+    let body = json!({
+        "userId": "1",
+        "items": (1..=POISON_SKUS).map(|sku| json!({"sku": sku, "count": 1})).collect::<Vec<_>>(),
+    });
+    let http_status = reqwest::Client::new()
+        .post(format!("http://{http}/order/create"))
+        .json(&body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    f.note(
+        "poison_grpc_reply",
+        json!(match &grpc_reply {
+            Ok(id) => format!("OK (order {id})"),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        }),
+    );
+    f.note("poison_http_status", json!(http_status));
+    let pool = sqlx::PgPool::connect(&db).await.expect("connect");
+    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, '-1', $2, '{}')")
+        .bind(&topic)
+        .bind(vec![0u8; POISON_EVENT_BYTES])
+        .execute(&pool)
+        .await
+        .expect("write the poison row");
+    testkit::eventually(
+        "the poison row is parked",
+        Duration::from_secs(60),
+        || async { testkit::db::parked_rows(&pool).await >= 1 },
     )
     .await;
     f.end();
