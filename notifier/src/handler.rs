@@ -133,28 +133,32 @@ impl Handler {
         let seen = self
             .recent
             .insert(&event.event_id, event.order_id, event.sequence);
-        match seen {
-            Seen::New => {
-                self.metrics.handled.inc();
-                tracing::info!(
+        // One line shape for an event logged in full, at the level its sighting calls for.
+        macro_rules! event_line {
+            ($level:expr, $($extra:tt)*) => {
+                tracing::event!(
+                    $level,
                     trace_id,
                     order_id = event.order_id, status = event.status, previous_status = event.previous_status,
                     occurred_at, user_id = event.user_id, sequence = event.sequence, items,
                     event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
-                    metadata = %metadata, "order event"
-                );
+                    metadata = %metadata, $($extra)* "order event"
+                )
+            };
+        }
+        match seen {
+            Seen::New => {
+                self.metrics.handled.inc();
+                event_line!(tracing::Level::INFO,);
             }
             // Never dropped: no one may have logged it yet.
             Seen::OutOfOrder { after } => {
                 self.metrics.handled.inc();
                 self.metrics.out_of_order.inc();
-                tracing::warn!(
-                    trace_id,
-                    order_id = event.order_id, status = event.status, previous_status = event.previous_status,
-                    occurred_at, user_id = event.user_id, sequence = event.sequence, items,
-                    event_id = %event.event_id, partition = message.partition(), offset = message.offset(),
-                    metadata = %metadata, out_of_order = true, after_sequence = after,
-                    "order event"
+                event_line!(
+                    tracing::Level::WARN,
+                    out_of_order = true,
+                    after_sequence = after,
                 );
             }
             Seen::Duplicate => {
