@@ -140,3 +140,36 @@ async fn an_event_the_broker_refuses_parks_only_its_order_until_an_operator_acts
     assert!(!topic_sequences(&topic).await.contains_key("12"));
     app.stop().await;
 }
+
+/// The operator's commands, as the binary runs them: `loms outbox parked` lists a parked row,
+/// `loms outbox drop` discards it.
+#[tokio::test]
+async fn the_outbox_commands_list_and_drop_parked_rows() {
+    let db = testkit::db::fresh_database().await;
+    let pool = migrated(&db).await;
+    sqlx::query(
+        "INSERT INTO outbox_parked (id, topic, key, payload, headers, created_at, error)
+         VALUES (41, 't', '77', '\\x00', '{\"event-id\": \"e-41\"}', now(), 'Broker: Message size too large')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let loms = |args: &[&str]| {
+        let out = std::process::Command::new(testkit::process::bin_dir().join("loms"))
+            .args(["--database-url", &db, "outbox"])
+            .args(args)
+            .env("LOMS_LOG__FILTER", "warn")
+            .output()
+            .expect("run loms");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = loms(&["parked"]);
+    assert!(
+        listed.contains("41\t77\te-41\t1\t") && listed.contains("Message size too large"),
+        "{listed}"
+    );
+    loms(&["drop", "77"]);
+    assert!(store::parked(&pool).await.unwrap().is_empty());
+    assert_eq!(loms(&["parked"]).lines().count(), 1, "only the heading");
+}
