@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::process::{free_address, temp_log, Process};
+use crate::process::{built_by, free_address, temp_log, Process};
 use crate::stack::root;
 
 /// How long Jaeger may take to answer after it starts (it is built first if it is not yet).
@@ -22,15 +22,7 @@ pub struct Jaeger {
 
 impl Jaeger {
     pub async fn start() -> Self {
-        let built = Command::new(root().join("deploy/local/jaeger.sh"))
-            .output()
-            .expect("run deploy/local/jaeger.sh");
-        assert!(
-            built.status.success(),
-            "building Jaeger: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let binary = String::from_utf8_lossy(&built.stdout).trim().to_string();
+        let binary = built_by("deploy/local/jaeger.sh");
         let (otlp, query) = (free_address(), free_address());
         let mut command = Command::new(binary);
         command

@@ -20,6 +20,7 @@ pub mod jaeger;
 pub mod kafka;
 pub mod process;
 pub mod stack;
+pub mod toxiproxy;
 
 /// The order status, with its text form and history, as the system under test defines it.
 pub use loms::domain::Status;

@@ -26,6 +26,19 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The binary a build script of ours prints the path of (building it once, then cached).
+pub fn built_by(script: &str) -> PathBuf {
+    let built = Command::new(crate::stack::root().join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        built.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&built.stdout).trim())
+}
+
 fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(

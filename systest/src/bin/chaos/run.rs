@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use testkit::process::{LomsProcess, NotifierProcess};
+use testkit::toxiproxy::Toxiproxy;
 
 use crate::judge::{self, Verdict};
 use crate::scenarios::{Fault, Scenario, Window};
@@ -23,10 +24,30 @@ pub struct Run {
     pub dir: PathBuf,
     pub loms: Vec<LomsProcess>,
     pub notifiers: Vec<NotifierProcess>,
+    /// With a scenario that cuts connections: the proxy between each loms and PostgreSQL, and
+    /// the name of each replica's proxy.
+    pub toxiproxy: Option<Toxiproxy>,
+    pub pg_proxies: Vec<String>,
+}
+
+/// `url` with its host and port replaced by `address`.
+fn through(url: &str, address: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (credentials, rest) = rest.split_once('@').map_or(("", rest), |(c, r)| (c, r));
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let at = if credentials.is_empty() { "" } else { "@" };
+    format!("{scheme}://{credentials}{at}{address}{path}")
+}
+
+/// The host:port of a URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
 }
 
 impl Run {
-    pub async fn new(name: &'static str, replicas: usize) -> Self {
+    pub async fn new(name: &'static str, replicas: usize, proxied: bool) -> Self {
         let dir = testkit::stack::target_dir("chaos").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the run's folder");
@@ -34,10 +55,25 @@ impl Run {
         let topic = testkit::kafka::fresh_topic(&format!("chaos.{name}"), 2).await;
         // The notifiers' dead-letter topic, as kafka-init creates it.
         testkit::kafka::ensure_topic(&format!("{topic}.dlq"), 1).await;
+        let toxiproxy = if proxied {
+            Some(Toxiproxy::start().await)
+        } else {
+            None
+        };
         let mut loms = Vec::new();
+        let mut pg_proxies = Vec::new();
         for i in 0..replicas {
             let log = dir.join(format!("loms-{i}.log"));
-            loms.push(systest::loms(&db, &topic, &log).start().await);
+            let url = match &toxiproxy {
+                Some(proxy) => {
+                    let name = format!("pg-{i}");
+                    let listen = proxy.proxy(&name, &host_port(&db)).await;
+                    pg_proxies.push(name);
+                    through(&db, &listen)
+                }
+                None => db.clone(),
+            };
+            loms.push(systest::loms(&url, &topic, &log).start().await);
         }
         let group = format!("chaos-{name}-{}", testkit::unique());
         let notifiers = (0..NOTIFIERS)
@@ -50,6 +86,8 @@ impl Run {
             dir,
             loms,
             notifiers,
+            toxiproxy,
+            pg_proxies,
         }
     }
 }
@@ -57,7 +95,7 @@ impl Run {
 /// Runs the workload for `secs` with the scenario's fault injected at its start, then judges.
 pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     println!("scenario {}", scenario.name);
-    let run = Run::new(scenario.name, scenario.replicas).await;
+    let run = Run::new(scenario.name, scenario.replicas, scenario.proxied).await;
     let addresses = Arc::new(Mutex::new(
         run.loms.iter().map(|l| l.grpc.clone()).collect::<Vec<_>>(),
     ));
@@ -104,6 +142,23 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     }
     println!("  {report}");
     report
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_through_a_proxy() {
+        let url = "postgres://postgres@127.0.0.1:5432/chaos_x";
+        assert_eq!(super::host_port(url), "127.0.0.1:5432");
+        assert_eq!(
+            super::through(url, "127.0.0.1:9"),
+            "postgres://postgres@127.0.0.1:9/chaos_x"
+        );
+        assert_eq!(
+            super::through("postgres://h:1/d", "p:2"),
+            "postgres://p:2/d"
+        );
+    }
 }
 
 async fn finish(run: &Run, tally: &Tally) -> Value {

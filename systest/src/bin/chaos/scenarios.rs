@@ -55,6 +55,8 @@ pub struct Scenario {
     pub name: &'static str,
     /// loms replicas of the run.
     pub replicas: usize,
+    /// Each replica reaches PostgreSQL through a proxy of its own, which the fault may cut.
+    pub proxied: bool,
     pub fault: fn(Fault) -> BoxFuture<'static, ()>,
 }
 
@@ -63,32 +65,44 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "broker_outage",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(broker_outage(f)),
     },
     Scenario {
         name: "loms_kill",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(loms_kill(f)),
     },
     Scenario {
         name: "notifier_kill",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(notifier_kill(f)),
     },
     Scenario {
         name: "postgres_outage",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(postgres_outage(f)),
     },
     Scenario {
         name: "relay_leader_kill",
         replicas: 2,
+        proxied: false,
         fault: |f| Box::pin(relay_leader_kill(f)),
     },
     Scenario {
         name: "poison_request",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(poison_request(f)),
+    },
+    Scenario {
+        name: "pg_blackhole",
+        replicas: 2,
+        proxied: true,
+        fault: |f| Box::pin(pg_blackhole(f)),
     },
 ];
 
@@ -97,16 +111,19 @@ pub const REPLICATED: &[Scenario] = &[
     Scenario {
         name: "leader_kill",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(leader_kill(f)),
     },
     Scenario {
         name: "rolling_restart",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(rolling_restart(f)),
     },
     Scenario {
         name: "min_isr_loss",
         replicas: 1,
+        proxied: false,
         fault: |f| Box::pin(min_isr_loss(f)),
     },
 ];
@@ -162,11 +179,9 @@ async fn postgres_outage(f: Fault) {
     f.end();
 }
 
-/// Of two replicas, the one whose relay leads killed with SIGKILL; the workload goes on with the
-/// other, whose relay must take over.
-async fn relay_leader_kill(f: Fault) {
-    tokio::time::sleep(f.secs(5, 15)).await;
-    let mut run = f.run.lock().await;
+/// Of two replicas, the index of the one whose relay leads, once one does; the workload is
+/// moved to the other.
+async fn leader_of_two(f: &Fault, run: &Run) -> usize {
     let http: Vec<String> = run.loms.iter().map(|l| l.http.clone()).collect();
     let leaders = Mutex::new(Vec::new());
     testkit::eventually("a relay leads", Duration::from_secs(100), || async {
@@ -177,11 +192,12 @@ async fn relay_leader_kill(f: Fault) {
     })
     .await;
     let leader = leaders.into_inner().unwrap()[0];
-    let survivor = run.loms[1 - leader].grpc.clone();
-    *f.addresses.lock().unwrap() = vec![survivor];
-    f.begin();
-    run.loms[leader].process.kill();
-    // The fault lasts until the other replica's relay has taken over.
+    *f.addresses.lock().unwrap() = vec![run.loms[1 - leader].grpc.clone()];
+    leader
+}
+
+/// The fault lasts until the other replica's relay has taken over from `leader`.
+async fn until_the_other_leads(run: &Run, leader: usize) {
     let other = &run.loms[1 - leader];
     testkit::eventually(
         "the other relay takes over",
@@ -189,6 +205,35 @@ async fn relay_leader_kill(f: Fault) {
         || other.is_relay_leader(),
     )
     .await;
+}
+
+/// Of two replicas, the one whose relay leads killed with SIGKILL; the workload goes on with the
+/// other, whose relay must take over.
+async fn relay_leader_kill(f: Fault) {
+    tokio::time::sleep(f.secs(5, 15)).await;
+    let mut run = f.run.lock().await;
+    let leader = leader_of_two(&f, &run).await;
+    f.begin();
+    run.loms[leader].process.kill();
+    until_the_other_leads(&run, leader).await;
+    f.end();
+}
+
+/// Of two replicas, the relay leader's connection to PostgreSQL silently stops passing bytes
+/// (no reset, no close: a cut network). The leader must notice (its statements' deadline) and
+/// stop publishing; the other replica must terminate its silent session after the lease and take
+/// over. Then the path is healed.
+async fn pg_blackhole(f: Fault) {
+    tokio::time::sleep(f.secs(5, 15)).await;
+    let run = f.run.lock().await;
+    let leader = leader_of_two(&f, &run).await;
+    let proxy = run.toxiproxy.as_ref().expect("a proxied run");
+    f.begin();
+    proxy.blackhole(&run.pg_proxies[leader]).await;
+    let cut = std::time::Instant::now();
+    until_the_other_leads(&run, leader).await;
+    f.note("takeover_secs", json!(cut.elapsed().as_secs_f64()));
+    proxy.heal(&run.pg_proxies[leader]).await;
     f.end();
 }
 
