@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup jaeger run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
+.PHONY: setup jaeger toxiproxy run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -20,7 +20,7 @@ run: release
 
 # A stack of its own on free ports (unless DATABASE_URL and KAFKA_BROKERS name one), the whole
 # test suite against it, and the stack stopped afterwards, even on failure.
-test: setup jaeger
+test: setup jaeger toxiproxy
 	cargo build --workspace --all-targets
 	deploy/local/with-stack.sh cargo test --workspace --no-fail-fast
 
@@ -28,6 +28,11 @@ test: setup jaeger
 # tests export spans to it; `make run` starts it when it is built.
 jaeger: setup
 	deploy/local/jaeger.sh >/dev/null
+
+# Toxiproxy, built once from the Go module proxy (under a minute) and cached: chaos puts it
+# between loms and PostgreSQL to cut a connection silently.
+toxiproxy: setup
+	deploy/local/toxiproxy.sh >/dev/null
 
 # Records the released schemas (api/, events-proto/ schema-snapshot.txtpb) on purpose, for a
 # release: `make test` refuses any change to the protos that breaks a reader of the snapshot.
@@ -72,10 +77,10 @@ bench-quick: release
 # was lost, reordered or invented.
 # Then the three-node cluster's scenarios (leader kill, rolling restart, too few in-sync
 # replicas) on a stack of their own, added to the same report.
-chaos: release
+chaos: release toxiproxy
 	deploy/local/with-stack.sh target/release/chaos
 	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated
 
-chaos-quick: release
+chaos-quick: release toxiproxy
 	deploy/local/with-stack.sh target/release/chaos --quick
 	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated --quick

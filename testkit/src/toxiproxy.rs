@@ -1,5 +1,8 @@
 //! Toxiproxy as a process of its own on a free port (the binary `deploy/local/toxiproxy.sh`
-//! builds once): proxies between a service and a peer, and the faults they inject.
+//! builds once): proxies between a service and a peer. A peer that goes silent (a cut network,
+//! a frozen host) is the proxy process stopped with SIGSTOP: nothing passes and nothing is
+//! closed on either side, where Toxiproxy's own `timeout` toxic still passes on a close from
+//! one side to the other, so the server learns the client is gone.
 
 use std::process::Command;
 use std::time::Duration;
@@ -57,43 +60,5 @@ impl Toxiproxy {
             reply.status()
         );
         listen
-    }
-
-    /// From now on, nothing passes `name` in either direction and no connection is closed: a
-    /// peer that went silent (a cut network, a frozen host), not one that went away.
-    pub async fn blackhole(&self, name: &str) {
-        for stream in ["upstream", "downstream"] {
-            let reply = self
-                .http
-                .post(format!("http://{}/proxies/{name}/toxics", self.api))
-                .json(&json!({
-                    "name": format!("blackhole-{stream}"),
-                    "type": "timeout",
-                    "stream": stream,
-                    "attributes": { "timeout": 0 },
-                }))
-                .send()
-                .await
-                .expect("add a toxic");
-            assert!(
-                reply.status().is_success(),
-                "blackholing {name}: {}",
-                reply.status()
-            );
-        }
-    }
-
-    /// Bytes pass `name` again.
-    pub async fn heal(&self, name: &str) {
-        for stream in ["upstream", "downstream"] {
-            let _ = self
-                .http
-                .delete(format!(
-                    "http://{}/proxies/{name}/toxics/blackhole-{stream}",
-                    self.api
-                ))
-                .send()
-                .await;
-        }
     }
 }

@@ -24,10 +24,8 @@ pub struct Run {
     pub dir: PathBuf,
     pub loms: Vec<LomsProcess>,
     pub notifiers: Vec<NotifierProcess>,
-    /// With a scenario that cuts connections: the proxy between each loms and PostgreSQL, and
-    /// the name of each replica's proxy.
-    pub toxiproxy: Option<Toxiproxy>,
-    pub pg_proxies: Vec<String>,
+    /// With a scenario that cuts connections: per replica, the proxy between it and PostgreSQL.
+    pub pg_proxies: Vec<Toxiproxy>,
 }
 
 /// `url` with its host and port replaced by `address`.
@@ -55,23 +53,17 @@ impl Run {
         let topic = testkit::kafka::fresh_topic(&format!("chaos.{name}"), 2).await;
         // The notifiers' dead-letter topic, as kafka-init creates it.
         testkit::kafka::ensure_topic(&format!("{topic}.dlq"), 1).await;
-        let toxiproxy = if proxied {
-            Some(Toxiproxy::start().await)
-        } else {
-            None
-        };
         let mut loms = Vec::new();
         let mut pg_proxies = Vec::new();
         for i in 0..replicas {
             let log = dir.join(format!("loms-{i}.log"));
-            let url = match &toxiproxy {
-                Some(proxy) => {
-                    let name = format!("pg-{i}");
-                    let listen = proxy.proxy(&name, &host_port(&db)).await;
-                    pg_proxies.push(name);
-                    through(&db, &listen)
-                }
-                None => db.clone(),
+            let url = if proxied {
+                let proxy = Toxiproxy::start().await;
+                let listen = proxy.proxy("pg", &host_port(&db)).await;
+                pg_proxies.push(proxy);
+                through(&db, &listen)
+            } else {
+                db.clone()
             };
             loms.push(systest::loms(&url, &topic, &log).start().await);
         }
@@ -86,7 +78,6 @@ impl Run {
             dir,
             loms,
             notifiers,
-            toxiproxy,
             pg_proxies,
         }
     }

@@ -55,7 +55,7 @@ pub struct Scenario {
     pub name: &'static str,
     /// loms replicas of the run.
     pub replicas: usize,
-    /// Each replica reaches PostgreSQL through a proxy of its own, which the fault may cut.
+    /// Each replica reaches PostgreSQL through a proxy of its own, which the fault may freeze.
     pub proxied: bool,
     pub fault: fn(Fault) -> BoxFuture<'static, ()>,
 }
@@ -219,21 +219,22 @@ async fn relay_leader_kill(f: Fault) {
     f.end();
 }
 
-/// Of two replicas, the relay leader's connection to PostgreSQL silently stops passing bytes
-/// (no reset, no close: a cut network). The leader must notice (its statements' deadline) and
-/// stop publishing; the other replica must terminate its silent session after the lease and take
-/// over. Then the path is healed.
+/// Of two replicas, the relay leader's path to PostgreSQL silently stops passing bytes: its
+/// proxy frozen (SIGSTOP), so nothing passes and nothing is closed, and the server keeps the
+/// leader's session and its lock. The leader must notice (its statements' deadline) and stop
+/// publishing; the other replica must terminate the silent session after the lease and take
+/// over. Then the path is thawed.
 async fn pg_blackhole(f: Fault) {
     tokio::time::sleep(f.secs(5, 15)).await;
     let run = f.run.lock().await;
     let leader = leader_of_two(&f, &run).await;
-    let proxy = run.toxiproxy.as_ref().expect("a proxied run");
+    let proxy = &run.pg_proxies[leader].process;
     f.begin();
-    proxy.blackhole(&run.pg_proxies[leader]).await;
+    proxy.signal("STOP");
     let cut = std::time::Instant::now();
     until_the_other_leads(&run, leader).await;
     f.note("takeover_secs", json!(cut.elapsed().as_secs_f64()));
-    proxy.heal(&run.pg_proxies[leader]).await;
+    proxy.signal("CONT");
     f.end();
 }
 
@@ -273,13 +274,17 @@ async fn poison_request(f: Fault) {
         "userId": "1",
         "items": (1..=POISON_SKUS).map(|sku| json!({"sku": sku, "count": 1})).collect::<Vec<_>>(),
     });
-    let http_status = reqwest::Client::new()
+    // The gateway answers 413 before reading the body and closes the connection: a client
+    // still sending may see the close instead of the reply.
+    let http_reply = match reqwest::Client::new()
         .post(format!("http://{http}/order/create"))
         .json(&body)
         .send()
         .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+    {
+        Ok(r) => r.status().as_u16().to_string(),
+        Err(e) => format!("closed: {e}"),
+    };
     f.note(
         "poison_grpc_reply",
         json!(match &grpc_reply {
@@ -287,7 +292,7 @@ async fn poison_request(f: Fault) {
             Err(s) => format!("{:?}: {}", s.code(), s.message()),
         }),
     );
-    f.note("poison_http_status", json!(http_status));
+    f.note("poison_http_reply", json!(http_reply));
     let pool = sqlx::PgPool::connect(&db).await.expect("connect");
     sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, '-1', $2, '{}')")
         .bind(&topic)
