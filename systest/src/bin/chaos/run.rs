@@ -135,23 +135,6 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     report
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_url_through_a_proxy() {
-        let url = "postgres://postgres@127.0.0.1:5432/chaos_x";
-        assert_eq!(super::host_port(url), "127.0.0.1:5432");
-        assert_eq!(
-            super::through(url, "127.0.0.1:9"),
-            "postgres://postgres@127.0.0.1:9/chaos_x"
-        );
-        assert_eq!(
-            super::through("postgres://h:1/d", "p:2"),
-            "postgres://p:2/d"
-        );
-    }
-}
-
 async fn finish(run: &Run, tally: &Tally) -> Value {
     let committed = judge::committed(&run.db).await;
     let expected: usize = committed.values().map(|h| h.len()).sum();
@@ -206,4 +189,21 @@ async fn finish(run: &Run, tally: &Tally) -> Value {
         "out_of_order": verdict.out_of_order,
         "parked": testkit::db::parked_rows(&pool).await,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_through_a_proxy() {
+        let url = "postgres://postgres@127.0.0.1:5432/chaos_x";
+        assert_eq!(super::host_port(url), "127.0.0.1:5432");
+        assert_eq!(
+            super::through(url, "127.0.0.1:9"),
+            "postgres://postgres@127.0.0.1:9/chaos_x"
+        );
+        assert_eq!(
+            super::through("postgres://h:1/d", "p:2"),
+            "postgres://p:2/d"
+        );
+    }
 }
