@@ -5,6 +5,8 @@
 #
 #   stack.sh up | down | status | env | pg-stop | pg-start | init
 #   stack.sh kafka-stop [N] | kafka-kill [N] | kafka-start [N]    one node by number, or all
+#   stack.sh kafka-freeze [N] | kafka-thaw [N]                     SIGSTOP / SIGCONT: a node that
+#                                                                  stops answering, and back
 #
 #   STACK_DIR              state folder (default /tmp/loms-stack)
 #   PG_PORT                PostgreSQL port (default 5432)
@@ -315,6 +317,9 @@ kafka_signal() { # signal, [node]
 }
 
 kafka_stop() { kafka_signal TERM "${1:-}"; }
+# A node that stops answering without closing anything (a frozen host): SIGSTOP, then SIGCONT.
+kafka_freeze() { local n; for n in ${1:-$(nodes)}; do node_signal "$n" STOP; done; }
+kafka_thaw() { local n; for n in ${1:-$(nodes)}; do node_signal "$n" CONT; done; }
 kafka_kill() { kafka_signal KILL "${1:-}"; }
 
 print_env() {
@@ -349,13 +354,15 @@ case "${1:-}" in
   env) print_env ;;
   kafka-stop) kafka_stop "${2:-}" ;;
   kafka-kill) kafka_kill "${2:-}" ;;
+  kafka-freeze) kafka_freeze "${2:-}" ;;
+  kafka-thaw) kafka_thaw "${2:-}" ;;
   kafka-start) kafka_start "${2:-}" ;;
   pg-stop) pg_stop ;;
   pg-start) pg_start ;;
   fetch) fetch_kafka ;;
   init) kafka_init ;;
   *)
-    echo "usage: $0 up|down|status|env|kafka-stop [N]|kafka-kill [N]|kafka-start [N]|pg-stop|pg-start|fetch|init" >&2
+    echo "usage: $0 up|down|status|env|kafka-stop [N]|kafka-kill [N]|kafka-freeze [N]|kafka-thaw [N]|kafka-start [N]|pg-stop|pg-start|fetch|init" >&2
     exit 2
     ;;
 esac

@@ -99,6 +99,12 @@ pub const ALL: &[Scenario] = &[
         fault: |f| Box::pin(poison_request(f)),
     },
     Scenario {
+        name: "kafka_blackhole",
+        replicas: 1,
+        proxied: false,
+        fault: |f| Box::pin(kafka_blackhole(f)),
+    },
+    Scenario {
         name: "pg_blackhole",
         replicas: 2,
         proxied: true,
@@ -119,6 +125,12 @@ pub const REPLICATED: &[Scenario] = &[
         replicas: 1,
         proxied: false,
         fault: |f| Box::pin(rolling_restart(f)),
+    },
+    Scenario {
+        name: "producer_gap",
+        replicas: 1,
+        proxied: false,
+        fault: |f| Box::pin(producer_gap(f)),
     },
     Scenario {
         name: "min_isr_loss",
@@ -216,6 +228,34 @@ async fn relay_leader_kill(f: Fault) {
     f.begin();
     run.loms[leader].process.kill();
     until_the_other_leads(&run, leader).await;
+    f.end();
+}
+
+/// The broker stops answering without closing anything (SIGSTOP), then answers again: the
+/// relay's messages wait in its producer (no message timeout), its leader steps down if the
+/// stall lasts longer than its stall timeout, and nothing is lost or reordered.
+async fn kafka_blackhole(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    f.begin();
+    stack("kafka-freeze");
+    tokio::time::sleep(f.secs(8, 30)).await;
+    stack("kafka-thaw");
+    f.end();
+}
+
+/// The leader of partition 0 stops answering (SIGSTOP) while the relay has messages in flight to
+/// it: the controller fences it and elects another leader, and the producer must move its
+/// messages there without leaving a gap (a later event acknowledged, an earlier one dropped).
+/// Then the node answers again and rejoins. The notifiers' logs are judged for events logged
+/// out of order as well.
+async fn producer_gap(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    let leader = testkit::kafka::partition_leader(&f.topic().await, 0);
+    f.note("frozen_node", json!(leader));
+    f.begin();
+    stack(&format!("kafka-freeze {leader}"));
+    tokio::time::sleep(LEADER_DEAD).await;
+    stack(&format!("kafka-thaw {leader}"));
     f.end();
 }
 
