@@ -150,7 +150,7 @@ impl LomsService {
 }
 
 /// The request in the domain's terms.
-fn order_request(request: &OrderCreateRequest) -> domain::OrderRequest {
+pub fn order_request(request: &OrderCreateRequest) -> domain::OrderRequest {
     domain::OrderRequest {
         user_id: request.user_id,
         items: request.items.iter().map(|i| (i.sku, i.count)).collect(),

@@ -55,15 +55,15 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Runs the `chaos` program with `args` for the one scenario `name` and returns its report,
-/// having checked that nothing was lost, reordered or invented and that it saw events. With
+/// Runs the `chaos` program with `args` for the scenarios `names` and returns their reports,
+/// having checked that nothing was lost, reordered or invented and that each saw events. With
 /// `own_stack`, on a stack of its own (what names the test's stack is left out, `env` added).
-pub fn chaos_scenario(
-    name: &str,
+pub fn chaos_scenarios(
+    names: &[&str],
     args: &[&str],
     own_stack: bool,
     env: &[(&str, &str)],
-) -> serde_json::Value {
+) -> Vec<serde_json::Value> {
     let report = std::env::temp_dir().join(format!("chaos-{}.json", testkit::unique()));
     let chaos = testkit::process::bin_dir().join("chaos");
     let mut command = if own_stack {
@@ -77,25 +77,34 @@ pub fn chaos_scenario(
     } else {
         std::process::Command::new(chaos)
     };
+    let only = names.join(",");
     let status = command
         .args(args)
-        .args(["--quick", "--only", name, "--report"])
+        .args(["--quick", "--only", &only, "--report"])
         .arg(&report)
         .envs(env.iter().copied())
         .status()
         .expect("run chaos");
-    assert!(status.success(), "chaos {name} failed: {status}");
+    assert!(status.success(), "chaos {only} failed: {status}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("JSON");
-    let scenario = report["scenarios"][0].clone();
-    assert_eq!(scenario["name"], name);
-    for key in ["lost", "reordered", "phantom", "requests_outside_contract"] {
-        assert_eq!(scenario[key], 0, "{key}: {scenario}");
+    let scenarios: Vec<serde_json::Value> = report["scenarios"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| names.iter().any(|n| s["name"] == *n))
+        .collect();
+    assert_eq!(scenarios.len(), names.len(), "{report}");
+    for scenario in &scenarios {
+        for key in ["lost", "reordered", "phantom", "requests_outside_contract"] {
+            assert_eq!(scenario[key], 0, "{key}: {scenario}");
+        }
+        assert!(
+            scenario["events_expected"].as_u64().unwrap_or(0) > 0,
+            "{scenario}"
+        );
+        println!("{scenario}");
     }
-    assert!(
-        scenario["events_expected"].as_u64().unwrap_or(0) > 0,
-        "{scenario}"
-    );
-    println!("{scenario}");
-    scenario
+    scenarios
 }

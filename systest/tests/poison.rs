@@ -5,7 +5,7 @@
 
 #[test]
 fn a_poison_request_and_a_poison_row_stop_nothing_else() {
-    let scenario = systest::chaos_scenario("poison_request", &[], false, &[]);
+    let scenario = &systest::chaos_scenarios(&["poison_request"], &[], false, &[])[0];
     assert_eq!(scenario["parked"], 1, "the poison row, parked: {scenario}");
     let refused = scenario["poison_grpc_reply"].as_str().unwrap_or_default();
     assert!(!refused.starts_with("OK"), "{refused}");

@@ -16,6 +16,7 @@ pub mod app;
 pub mod checks;
 pub mod compose;
 pub mod db;
+pub mod fuzz;
 pub mod jaeger;
 pub mod kafka;
 pub mod process;

@@ -3,7 +3,7 @@
 //! and in the notifiers' logs. Writes `target/chaos/report.json`; exits non-zero if anything
 //! was lost, reordered or invented. `--quick` shortens every scenario; `--replicated` runs the
 //! scenarios of a three-node Kafka cluster (the stack must be one: `KAFKA_NODES=3`) and adds
-//! them to the report; `--only NAME` runs one scenario.
+//! them to the report; `--only NAME[,NAME...]` runs only those.
 
 mod judge;
 mod malformed;
@@ -24,7 +24,7 @@ struct Args {
     /// to the report of the single-broker ones.
     #[arg(long)]
     replicated: bool,
-    /// Only the scenario of this name.
+    /// Only the scenarios of these names (comma-separated).
     #[arg(long)]
     only: Option<String>,
     /// Where the report goes (default target/chaos/report.json).
@@ -76,7 +76,11 @@ fn print_table(reports: &[Value]) {
 async fn main() {
     let args = Args::parse();
     let (secs, malformed) = if args.quick { QUICK } else { FULL };
-    let chosen = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    let chosen = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|o| o == name))
+    };
     let list = if args.replicated {
         scenarios::REPLICATED
     } else {

@@ -1,0 +1,15 @@
+//! chaos's `pg_blackhole` and `kafka_blackhole` in their short forms, on a stack of their own
+//! (the broker is frozen): of two replicas, the relay leader's path to PostgreSQL frozen
+//! (nothing passes, nothing closes), the leader stops publishing within its statements'
+//! deadline and the other replica terminates the silent session after the lease and takes over;
+//! then the broker frozen and thawed. Nothing lost, reordered or invented.
+
+#[test]
+fn silent_peers_stop_nothing() {
+    let scenarios = systest::chaos_scenarios(&["pg_blackhole", "kafka_blackhole"], &[], true, &[]);
+    assert!(
+        scenarios[0]["takeover_secs"].as_f64().is_some(),
+        "{}",
+        scenarios[0]
+    );
+}
