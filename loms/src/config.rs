@@ -29,6 +29,9 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout_ms: u64,
+    /// After a shutdown signal, how long health says NOT_SERVING while the listeners still
+    /// serve, so that a load balancer moves traffic away before they close.
+    pub shutdown_drain_ms: u64,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub relay: RelaySettings,
@@ -113,6 +116,7 @@ impl Default for Settings {
             max_concurrent_requests: 1_024,
             request_timeout_ms: 15_000,
             shutdown_timeout_ms: 10_000,
+            shutdown_drain_ms: 1_000,
             database: DatabaseSettings::default(),
             kafka: KafkaSettings::default(),
             relay: RelaySettings::default(),

@@ -16,6 +16,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::service::LomsService;
 
@@ -24,12 +25,14 @@ struct Gateway {
     service: LomsService,
     metrics: Metrics,
     pool: sqlx::PgPool,
+    readiness: Readiness,
 }
 
 pub fn router(
     service: LomsService,
     metrics: Metrics,
     pool: sqlx::PgPool,
+    readiness: Readiness,
     body_limit: usize,
 ) -> Router {
     Router::new()
@@ -39,6 +42,8 @@ pub fn router(
         .route("/order/cancel", post(order_cancel))
         .route("/stock/info", get(stock_info))
         .route("/metrics", get(metrics_text))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -46,6 +51,7 @@ pub fn router(
             service,
             metrics,
             pool,
+            readiness,
         })
 }
 
@@ -203,6 +209,15 @@ async fn metrics_text(State(g): State<Gateway>) -> Response {
         g.metrics.render(&g.pool).await,
     )
         .into_response()
+}
+
+/// 200 while this replica can serve (PostgreSQL answers, no shutdown begun), 503 otherwise.
+async fn readyz(State(g): State<Gateway>) -> Response {
+    if g.readiness.ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
 }
 
 async fn not_found() -> Response {

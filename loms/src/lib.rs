@@ -4,6 +4,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

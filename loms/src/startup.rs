@@ -139,8 +139,9 @@ impl Application {
         self.metrics.clone()
     }
 
-    /// Serves until `shutdown`: then health turns NOT_SERVING, the listeners close, in-flight
-    /// requests finish, and only then the relay finishes its batch and flushes the producer.
+    /// Serves until `shutdown`: then health turns NOT_SERVING, the listeners close a drain delay
+    /// later, in-flight requests finish, and only then the relay finishes its batch and flushes
+    /// the producer.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             settings,
@@ -177,20 +178,40 @@ impl Application {
         };
 
         tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, instance = %settings.instance_id, "loms serving");
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let readiness = crate::health::Readiness::default();
+        let health = tokio::spawn(crate::health::watch(
+            pool.clone(),
+            reporter,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+        // The listeners close a drain delay after the signal; health said NOT_SERVING at once.
+        let listeners_stop = CancellationToken::new();
+        let drain_delay = Duration::from_millis(settings.shutdown_drain_ms);
+        tokio::spawn({
+            let (shutdown, listeners_stop) = (shutdown.clone(), listeners_stop.clone());
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain_delay).await;
+                listeners_stop.cancel();
+            }
+        });
         let grpc_server = serve_grpc(
             grpc,
             service.clone(),
+            health_service,
             settings.grpc_max_message_bytes,
-            shutdown.clone(),
-        )
-        .await?;
+            listeners_stop.clone(),
+        )?;
         let router = crate::http::router(
             service,
             metrics,
             pool.clone(),
+            readiness,
             settings.http_body_limit_bytes,
         );
-        let http_stop = shutdown.clone();
+        let http_stop = listeners_stop.clone();
         let http_server = async move {
             use axum::serve::ListenerExt;
             // As on the gRPC port: small replies go out at once, not after a delayed ACK.
@@ -207,10 +228,11 @@ impl Application {
         let grace = Duration::from_millis(settings.shutdown_timeout_ms);
         let served = drain(
             async { tokio::try_join!(grpc_server, http_server).map(drop) },
-            &shutdown,
+            &listeners_stop,
             grace,
         )
         .await;
+        let _ = health.await;
 
         tracing::info!("listeners closed, stopping the relay");
         relay_stop.cancel();
@@ -222,15 +244,16 @@ impl Application {
     }
 }
 
-/// The gRPC server with health and reflection; on `shutdown` health turns NOT_SERVING first.
-async fn serve_grpc(
+/// The gRPC server with health and reflection, until `stop`.
+fn serve_grpc(
     listener: TcpListener,
     service: LomsService,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     max_message_bytes: usize,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<api::LomsServer<LomsService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
@@ -245,12 +268,7 @@ async fn serve_grpc(
             // Replies are small and written at once: Nagle's algorithm would hold them back
             // for the peer's delayed ACK.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.cancelled().await;
-                health
-                    .set_not_serving::<api::LomsServer<LomsService>>()
-                    .await;
-            },
+            async move { stop.cancelled().await },
         );
     Ok(async { server.await.context("gRPC server") })
 }

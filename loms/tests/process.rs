@@ -247,3 +247,78 @@ async fn a_dead_log_reader_neither_hangs_nor_crashes_loms() {
     }
     assert_eq!(loms.process.terminate().await.code(), Some(0));
 }
+
+/// Health follows PostgreSQL: with loms's path to it frozen (a Toxiproxy stopped: nothing
+/// passes, nothing closes), gRPC health and `/readyz` say NOT_SERVING / 503 within seconds, and
+/// SERVING / 200 again once it answers; `/livez` says 200 throughout.
+#[tokio::test]
+async fn health_follows_postgres() {
+    use testkit::toxiproxy::{host_port, url_through, Toxiproxy};
+    let db = testkit::db::fresh_database().await;
+    testkit::db::migrated(&db).await;
+    let proxy = Toxiproxy::start().await;
+    let listen = proxy.proxy("pg", &host_port(&db)).await;
+    let loms = LomsOptions::new(&url_through(&db, &listen), "loms.order-events.unused")
+        .relay(false)
+        .start()
+        .await;
+    let state = || async {
+        let ready = reqwest::get(format!("http://{}/readyz", loms.http))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        let live = reqwest::get(format!("http://{}/livez", loms.http))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        (
+            ready,
+            live,
+            testkit::process::health_status(&loms.grpc).await,
+        )
+    };
+    let patience = Duration::from_secs(30);
+    testkit::eventually("ready", patience, || async {
+        state().await == (200, 200, Some(true))
+    })
+    .await;
+    proxy.process.signal("STOP");
+    testkit::eventually(
+        "not ready while PostgreSQL is cut off",
+        patience,
+        || async { state().await == (503, 200, Some(false)) },
+    )
+    .await;
+    proxy.process.signal("CONT");
+    testkit::eventually("ready again", patience, || async {
+        state().await == (200, 200, Some(true))
+    })
+    .await;
+}
+
+/// On SIGTERM health turns NOT_SERVING while the listeners still answer (the drain delay), and
+/// only then does loms close them and exit 0.
+#[tokio::test]
+async fn sigterm_turns_health_off_before_the_listeners_close() {
+    let db = testkit::db::fresh_database().await;
+    let mut loms = LomsOptions::new(&db, "loms.order-events.unused")
+        .relay(false)
+        .env("LOMS_SHUTDOWN_DRAIN_MS", "3000")
+        .start()
+        .await;
+    assert_eq!(
+        testkit::process::health_status(&loms.grpc).await,
+        Some(true)
+    );
+    loms.process.signal("TERM");
+    testkit::eventually(
+        "NOT_SERVING while still listening",
+        Duration::from_secs(10),
+        || {
+            let grpc = loms.grpc.clone();
+            async move { testkit::process::health_status(&grpc).await == Some(false) }
+        },
+    )
+    .await;
+    assert_eq!(loms.process.wait().await.code(), Some(0));
+}

@@ -29,6 +29,8 @@ pub fn settings(database_url: &str, topic: &str, relay: bool) -> Settings {
     settings.kafka.brokers = crate::stack::brokers();
     settings.kafka.topic = topic.into();
     settings.relay.enabled = relay;
+    // In-process tests stop at once; the drain delay is for load balancers.
+    settings.shutdown_drain_ms = 0;
     settings
 }
 

@@ -332,22 +332,24 @@ impl LomsProcess {
 }
 
 async fn serving(grpc: &str) -> bool {
+    health_status(grpc).await == Some(true)
+}
+
+/// What gRPC health of loms on `grpc` says of `loms.Loms`: SERVING (true), anything else
+/// (false), or no answer (None).
+pub async fn health_status(grpc: &str) -> Option<bool> {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
         .expect("a URI")
         .connect()
         .await
-    else {
-        return false;
-    };
+        .ok()?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let request = tonic_health::pb::HealthCheckRequest {
         service: "loms.Loms".into(),
     };
-    health
-        .check(request)
-        .await
-        .is_ok_and(|reply| reply.get_ref().status == ServingStatus::Serving as i32)
+    let reply = health.check(request).await.ok()?;
+    Some(reply.get_ref().status == ServingStatus::Serving as i32)
 }
 
 /// The relay-leader probe: whether the loms serving HTTP on `http` holds the relay lock.

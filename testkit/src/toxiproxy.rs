@@ -62,3 +62,36 @@ impl Toxiproxy {
         listen
     }
 }
+
+/// `url` with its host and port replaced by `address`.
+pub fn url_through(url: &str, address: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (credentials, rest) = rest.split_once('@').map_or(("", rest), |(c, r)| (c, r));
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let at = if credentials.is_empty() { "" } else { "@" };
+    format!("{scheme}://{credentials}{at}{address}{path}")
+}
+
+/// The host:port of a URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_through_a_proxy() {
+        let url = "postgres://postgres@127.0.0.1:5432/chaos_x";
+        assert_eq!(super::host_port(url), "127.0.0.1:5432");
+        assert_eq!(
+            super::url_through(url, "127.0.0.1:9"),
+            "postgres://postgres@127.0.0.1:9/chaos_x"
+        );
+        assert_eq!(
+            super::url_through("postgres://h:1/d", "p:2"),
+            "postgres://p:2/d"
+        );
+    }
+}

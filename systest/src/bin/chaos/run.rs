@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use testkit::process::{LomsProcess, NotifierProcess};
-use testkit::toxiproxy::Toxiproxy;
+use testkit::toxiproxy::{host_port, url_through, Toxiproxy};
 
 use crate::judge::{self, Verdict};
 use crate::scenarios::{Fault, Scenario, Window};
@@ -28,22 +28,6 @@ pub struct Run {
     pub pg_proxies: Vec<Toxiproxy>,
 }
 
-/// `url` with its host and port replaced by `address`.
-fn through(url: &str, address: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (credentials, rest) = rest.split_once('@').map_or(("", rest), |(c, r)| (c, r));
-    let path = rest.find('/').map_or("", |i| &rest[i..]);
-    let at = if credentials.is_empty() { "" } else { "@" };
-    format!("{scheme}://{credentials}{at}{address}{path}")
-}
-
-/// The host:port of a URL.
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest).to_string()
-}
-
 impl Run {
     pub async fn new(name: &'static str, replicas: usize, proxied: bool) -> Self {
         let dir = testkit::stack::target_dir("chaos").join(name);
@@ -61,7 +45,7 @@ impl Run {
                 let proxy = Toxiproxy::start().await;
                 let listen = proxy.proxy("pg", &host_port(&db)).await;
                 pg_proxies.push(proxy);
-                through(&db, &listen)
+                url_through(&db, &listen)
             } else {
                 db.clone()
             };
@@ -189,21 +173,4 @@ async fn finish(run: &Run, tally: &Tally) -> Value {
         "out_of_order": verdict.out_of_order,
         "parked": testkit::db::parked_rows(&pool).await,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_url_through_a_proxy() {
-        let url = "postgres://postgres@127.0.0.1:5432/chaos_x";
-        assert_eq!(super::host_port(url), "127.0.0.1:5432");
-        assert_eq!(
-            super::through(url, "127.0.0.1:9"),
-            "postgres://postgres@127.0.0.1:9/chaos_x"
-        );
-        assert_eq!(
-            super::through("postgres://h:1/d", "p:2"),
-            "postgres://p:2/d"
-        );
-    }
 }

@@ -1,0 +1,77 @@
+//! Health that follows the dependencies: NOT_SERVING (gRPC health, overall and `loms.Loms`) and
+//! 503 on `/readyz` while PostgreSQL does not answer, SERVING and 200 again once it does, and
+//! NOT_SERVING from the moment shutdown begins, a drain delay before the listeners close.
+//! `/livez` says only that the process answers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// How often PostgreSQL is asked, and how long an answer may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether this replica can serve, as `/readyz` and gRPC health tell it.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, ready: bool) -> bool {
+        self.0.swap(ready, Ordering::Relaxed) != ready
+    }
+}
+
+async fn publish(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <api::LomsServer<crate::service::LomsService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Probes PostgreSQL until `shutdown`, then reports NOT_SERVING for good.
+pub async fn watch(
+    pool: PgPool,
+    reporter: HealthReporter,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let answered = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
+            Ok(Ok(_))
+        );
+        if readiness.set(answered) {
+            publish(&reporter, answered).await;
+            if answered {
+                tracing::info!("health: PostgreSQL answers; SERVING");
+            } else {
+                tracing::warn!("health: PostgreSQL does not answer; NOT_SERVING");
+            }
+        }
+    }
+    readiness.set(false);
+    publish(&reporter, false).await;
+    tracing::info!("health: shutting down; NOT_SERVING");
+}
