@@ -24,14 +24,12 @@ use crate::service::LomsService;
 struct Gateway {
     service: LomsService,
     metrics: Metrics,
-    pool: sqlx::PgPool,
     readiness: Readiness,
 }
 
 pub fn router(
     service: LomsService,
     metrics: Metrics,
-    pool: sqlx::PgPool,
     readiness: Readiness,
     body_limit: usize,
 ) -> Router {
@@ -50,7 +48,6 @@ pub fn router(
         .with_state(Gateway {
             service,
             metrics,
-            pool,
             readiness,
         })
 }
@@ -206,7 +203,7 @@ async fn stock_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryPa
 async fn metrics_text(State(g): State<Gateway>) -> Response {
     (
         [(header::CONTENT_TYPE, service_runtime::metrics::CONTENT_TYPE)],
-        g.metrics.render(&g.pool).await,
+        g.metrics.render(),
     )
         .into_response()
 }

@@ -12,7 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -84,7 +83,7 @@ impl Default for Metrics {
         );
         r.register(
             "loms_outbox_oldest_age_seconds",
-            "Age of the oldest waiting event.",
+            "Age of the oldest waiting event, as the relay leader last measured it.",
             outbox_oldest_age.clone(),
         );
         let inner = Inner {
@@ -115,7 +114,7 @@ impl Default for Metrics {
                 "loms_relay_leader",
                 "1 when this replica holds the relay lock.",
             ),
-            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox."),
+            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox (estimated from the ids of the oldest and newest rows), as the relay leader last measured it."),
             outbox_oldest_age,
             outbox_wait: stage(
                 r,
@@ -192,14 +191,14 @@ impl Metrics {
         self.inner.events_published.get()
     }
 
-    pub async fn render(&self, pool: &PgPool) -> String {
-        match crate::outbox::store::backlog(pool).await {
-            Ok((rows, age)) => {
-                self.inner.outbox_backlog.set(rows);
-                self.inner.outbox_oldest_age.set(age);
-            }
-            Err(e) => tracing::warn!(error = %e, "metrics: outbox backlog not readable"),
-        }
+    /// The outbox backlog as the relay last measured it.
+    pub fn set_backlog(&self, rows: i64, oldest_age_secs: f64) {
+        self.inner.outbox_backlog.set(rows);
+        self.inner.outbox_oldest_age.set(oldest_age_secs);
+    }
+
+    /// The OpenMetrics text: no query runs for a scrape.
+    pub fn render(&self) -> String {
         service_runtime::metrics::encode(&self.inner.registry)
     }
 }

@@ -204,13 +204,8 @@ impl Application {
             settings.grpc_max_message_bytes,
             listeners_stop.clone(),
         )?;
-        let router = crate::http::router(
-            service,
-            metrics,
-            pool.clone(),
-            readiness,
-            settings.http_body_limit_bytes,
-        );
+        let router =
+            crate::http::router(service, metrics, readiness, settings.http_body_limit_bytes);
         let http_stop = listeners_stop.clone();
         let http_server = async move {
             use axum::serve::ListenerExt;

@@ -103,7 +103,7 @@ async fn an_event_the_broker_refuses_parks_only_its_order_until_an_operator_acts
         }
         assert_eq!(first_sightings, vec![1, 2], "{key}: {sequences:?}");
     }
-    let text = app.metrics.render(&pool).await;
+    let text = app.metrics.render();
     assert!(text.contains("loms_events_parked_total 4"), "{text}");
     assert!(
         text.contains("loms_outbox_parked_rows 2") || text.contains("loms_outbox_parked_rows 4")

@@ -38,6 +38,8 @@ use crate::outbox::store::{self, Row};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How often the parked rows are counted for their gauge while the relay is idle.
 const PARKED_RECOUNT: Duration = Duration::from_secs(10);
+/// How often the leader measures the outbox backlog for its gauges (scrapes run no query).
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -93,6 +95,7 @@ pub struct Pipeline<'r> {
     mode: Mode,
     backoff: Backoff,
     parked_counted: Instant,
+    backlog_measured: Option<Instant>,
 }
 
 impl<'r> Pipeline<'r> {
@@ -104,6 +107,7 @@ impl<'r> Pipeline<'r> {
             mode: Mode::Streaming,
             backoff: relay.backoff(),
             parked_counted: Instant::now(),
+            backlog_measured: None,
             relay,
         })
     }
@@ -137,6 +141,12 @@ impl<'r> Pipeline<'r> {
         let settings = &self.relay.settings;
         self.count_parked(leader).await?;
         while !shutdown.is_cancelled() {
+            if self
+                .backlog_measured
+                .is_none_or(|at| at.elapsed() >= BACKLOG_EVERY)
+            {
+                self.measure_backlog(leader).await?;
+            }
             if self.in_flight.len() < self.mode.batches_in_flight() {
                 let sending: Vec<i64> = self.in_flight.iter().flat_map(Batch::ids).collect();
                 let read_at = Instant::now();
@@ -294,6 +304,15 @@ impl<'r> Pipeline<'r> {
         self.relay.metrics.parked(moved.len() as u64);
         self.count_parked(leader).await?;
         Ok(free)
+    }
+
+    async fn measure_backlog(&mut self, leader: &mut Leader) -> anyhow::Result<()> {
+        let (rows, age) = leader
+            .call("measuring the outbox backlog", store::backlog)
+            .await?;
+        self.relay.metrics.set_backlog(rows, age);
+        self.backlog_measured = Some(Instant::now());
+        Ok(())
     }
 
     async fn count_parked(&mut self, leader: &mut Leader) -> anyhow::Result<()> {
