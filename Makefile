@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup jaeger toxiproxy run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
+.PHONY: setup jaeger toxiproxy fuzz run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -38,6 +38,11 @@ toxiproxy: setup
 # release: `make test` refuses any change to the protos that breaks a reader of the snapshot.
 schema-snapshot:
 	cargo run -q -p build-support --bin schema-snapshot
+
+# The fuzz campaign (cargo-fuzz, libFuzzer, nightly): each target for FUZZ_SECONDS (60); the
+# corpus it keeps is replayed by the test suite.
+fuzz:
+	deploy/local/fuzz.sh
 
 lint:
 	cargo fmt --all -- --check

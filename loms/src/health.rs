@@ -45,33 +45,42 @@ async fn publish(reporter: &HealthReporter, serving: bool) {
         .await;
 }
 
-/// Probes PostgreSQL until `shutdown`, then reports NOT_SERVING for good.
+/// Probes PostgreSQL once, so that health is known before the listeners serve, then every
+/// second until `shutdown`, after which it reports NOT_SERVING for good.
 pub async fn watch(
     pool: PgPool,
     reporter: HealthReporter,
     readiness: Readiness,
     shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(PROBE_EVERY);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        let answered = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await,
-            Ok(Ok(_))
-        );
-        if readiness.set(answered) {
-            publish(&reporter, answered).await;
-            if answered {
-                tracing::info!("health: PostgreSQL answers; SERVING");
-            } else {
-                tracing::warn!("health: PostgreSQL does not answer; NOT_SERVING");
+) -> tokio::task::JoinHandle<()> {
+    probe(&pool, &reporter, &readiness, true).await;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PROBE_EVERY);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => probe(&pool, &reporter, &readiness, false).await,
+                _ = shutdown.cancelled() => break,
             }
         }
+        readiness.set(false);
+        publish(&reporter, false).await;
+        tracing::info!("health: shutting down; NOT_SERVING");
+    })
+}
+
+/// Asks PostgreSQL; a change (or, `first`, any answer) is published and logged.
+async fn probe(pool: &PgPool, reporter: &HealthReporter, readiness: &Readiness, first: bool) {
+    let answered = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    );
+    if readiness.set(answered) || first {
+        publish(reporter, answered).await;
+        if answered {
+            tracing::info!("health: PostgreSQL answers; SERVING");
+        } else {
+            tracing::warn!("health: PostgreSQL does not answer; NOT_SERVING");
+        }
     }
-    readiness.set(false);
-    publish(&reporter, false).await;
-    tracing::info!("health: shutting down; NOT_SERVING");
 }

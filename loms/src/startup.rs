@@ -180,12 +180,8 @@ impl Application {
         tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, instance = %settings.instance_id, "loms serving");
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = crate::health::Readiness::default();
-        let health = tokio::spawn(crate::health::watch(
-            pool.clone(),
-            reporter,
-            readiness.clone(),
-            shutdown.clone(),
-        ));
+        let health =
+            crate::health::watch(pool.clone(), reporter, readiness.clone(), shutdown.clone()).await;
         // The listeners close a drain delay after the signal; health said NOT_SERVING at once.
         let listeners_stop = CancellationToken::new();
         let drain_delay = Duration::from_millis(settings.shutdown_drain_ms);

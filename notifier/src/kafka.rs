@@ -38,6 +38,12 @@ impl ClientContext for GroupContext {
             .map(|p| p.consumer_lag)
             .sum();
         self.metrics.lag.set(lag);
+        // Bootstrap entries have no node id; a broker the cluster named, in state UP, answers.
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.metrics.broker_up.set(i64::from(up));
     }
 }
 
@@ -56,13 +62,23 @@ impl ConsumerContext for GroupContext {
                 }
             }
             Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                self.metrics.group_member.set(0);
+                tracing::warn!(error = %e, "rebalance error");
+            }
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            tracing::info!(partitions = %describe(partitions), "partitions assigned");
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.metrics.group_member.set(1);
+                tracing::info!(partitions = %describe(partitions), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {
+                self.metrics.group_member.set(0);
+            }
+            Rebalance::Error(_) => {}
         }
     }
 

@@ -25,6 +25,10 @@ pub struct Inner {
     pub commit_errors: Counter,
     /// Messages between the last handled offset and the end of the assigned partitions.
     pub lag: Gauge,
+    /// 1 while this consumer is a member of its group (given an assignment, even an empty one).
+    pub group_member: Gauge,
+    /// 1 while librdkafka's last statistics showed a broker of the cluster up.
+    pub broker_up: Gauge,
     /// Now minus the event's `occurred_at`, when it is handled.
     pub event_age: Histogram,
 }
@@ -81,6 +85,18 @@ impl Default for Metrics {
             "Messages not yet handled on the assigned partitions.",
             lag.clone(),
         );
+        let group_member = Gauge::default();
+        registry.register(
+            "notifier_group_member",
+            "1 while this consumer is a member of its group.",
+            group_member.clone(),
+        );
+        let broker_up = Gauge::default();
+        registry.register(
+            "notifier_broker_up",
+            "1 while a broker of the cluster is reachable (librdkafka's statistics).",
+            broker_up.clone(),
+        );
         let event_age = service_runtime::metrics::latency_histogram();
         registry.register(
             "notifier_event_age_seconds",
@@ -99,6 +115,8 @@ impl Default for Metrics {
             dlq_writes,
             commit_errors,
             lag,
+            group_member,
+            broker_up,
             event_age,
         }))
     }
@@ -112,9 +130,15 @@ impl Metrics {
     pub fn render(&self) -> String {
         service_runtime::metrics::encode(&self.registry)
     }
+
+    /// Ready: a member of its group, with a broker reachable.
+    pub fn ready(&self) -> bool {
+        self.group_member.get() == 1 && self.broker_up.get() == 1
+    }
 }
 
-/// Serves `GET /metrics` until `shutdown`.
+/// Serves `GET /metrics`, `GET /readyz` (200 when [`Metrics::ready`], 503 otherwise) and
+/// `GET /livez` until `shutdown`.
 pub async fn serve(
     addr: &str,
     metrics: Metrics,
@@ -122,18 +146,31 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics served");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    service_runtime::metrics::CONTENT_TYPE,
-                )],
-                metrics.render(),
-            )
-        }),
-    );
+    let ready = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        service_runtime::metrics::CONTENT_TYPE,
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(move || async move {
+                if ready.ready() {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route("/livez", axum::routing::get(|| async { "ok" }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

@@ -387,6 +387,8 @@ pub struct NotifierOptions {
     pub through_pipe: bool,
     /// Further environment variables.
     pub env: Vec<(String, String)>,
+    /// Its bootstrap servers: the stack's unless a test names others.
+    pub brokers: String,
 }
 
 /// The broker's minimum session timeout: a killed member's partitions move on sooner.
@@ -399,6 +401,7 @@ impl NotifierOptions {
             group: group.into(),
             log: temp_log("notifier"),
             metrics: None,
+            brokers: crate::stack::brokers(),
             through_pipe: false,
             env: Vec::new(),
         }
@@ -430,7 +433,7 @@ impl NotifierOptions {
     pub fn start(self) -> NotifierProcess {
         let mut command = Command::new(binary("notifier"));
         command
-            .args(["--kafka-brokers", &crate::stack::brokers()])
+            .args(["--kafka-brokers", &self.brokers])
             .args(["--topic", &self.topic, "--group-id", &self.group])
             .args(["--dlq-topic", &format!("{}.dlq", self.topic), "--log-json"])
             .env(
