@@ -48,6 +48,12 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Server-side limit of one statement, so that no request hangs on a lock forever.
     pub statement_timeout_ms: u64,
+    /// Whether `loms serve` applies the migrations before it serves; off where a job of its
+    /// own runs `loms migrate` first (compose does).
+    pub migrate_on_start: bool,
+    /// How long a migration waits for a lock before it gives up (it has no statement timeout:
+    /// a long rewrite is allowed, waiting behind live traffic is not).
+    pub migration_lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -132,6 +138,8 @@ impl Default for DatabaseSettings {
             max_connections: 32,
             acquire_timeout_ms: 3_000,
             statement_timeout_ms: 10_000,
+            migrate_on_start: true,
+            migration_lock_timeout_ms: 5_000,
         }
     }
 }

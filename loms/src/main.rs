@@ -49,8 +49,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            let pool = loms::startup::connect(&settings.database).await?;
-            loms::startup::migrate(&pool).await?;
+            loms::startup::migrate_safely(&settings.database).await?;
             tracing::info!("migrations applied");
         }
         Command::Outbox { command } => {

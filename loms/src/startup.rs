@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -91,8 +92,38 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")
 }
 
+/// Applies the migrations on a connection of their own: without the requests' statement
+/// timeout (a long migration is not cancelled half way and retried at every start), with a lock
+/// timeout (a migration that would wait behind live traffic gives up and says so).
+pub async fn migrate_safely(db: &DatabaseSettings) -> anyhow::Result<()> {
+    let options = connect_options(db)?.options([
+        ("statement_timeout", "0".to_string()),
+        ("lock_timeout", db.migration_lock_timeout_ms.to_string()),
+    ]);
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut conn = loop {
+        match sqlx::PgConnection::connect_with(&options).await {
+            Ok(conn) => break conn,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, database = describe(&options), "database not reachable yet, retrying");
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to {}", describe(&options)))
+            }
+        }
+    };
+    MIGRATOR
+        .run(&mut conn)
+        .await
+        .context("running migrations")?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 impl Application {
-    /// Connects to the database, migrates it, and binds both listeners (port 0 picks a free one).
+    /// Migrates the database (unless told not to), connects, and binds both listeners (port 0
+    /// picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings
             .validate()
@@ -106,8 +137,10 @@ impl Application {
                     .context("the Kafka producer cannot be built from kafka settings")?;
             drop(checked);
         }
+        if settings.database.migrate_on_start {
+            migrate_safely(&settings.database).await?;
+        }
         let pool = connect(&settings.database).await?;
-        migrate(&pool).await?;
         let grpc = TcpListener::bind(&settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;

@@ -91,6 +91,7 @@ fn topology() {
             "kafka-init",
             "kafka-ui",
             "loms",
+            "loms-migrate",
             "notifier-1",
             "notifier-2",
             "notifier-3",
@@ -200,6 +201,22 @@ fn topology() {
         "service_completed_successfully"
     );
     assert_eq!(loms["build"]["target"], "loms");
+    // The migrations run once, as a job of their own, before it.
+    assert_eq!(
+        loms["depends_on"]["loms-migrate"]["condition"],
+        "service_completed_successfully"
+    );
+    assert_eq!(
+        environment(&c, "loms")["LOMS_DATABASE__MIGRATE_ON_START"],
+        "false"
+    );
+    let migrate = &c["services"]["loms-migrate"];
+    assert_eq!(migrate["command"], json!(["migrate"]));
+    assert_eq!(migrate["build"]["target"], "loms");
+    assert_eq!(
+        environment(&c, "loms-migrate")["LOMS_DATABASE__URL"],
+        environment(&c, "loms")["LOMS_DATABASE__URL"]
+    );
 
     for i in 1..=3 {
         let name = format!("notifier-{i}");
@@ -219,8 +236,11 @@ fn topology() {
 
 #[test]
 fn every_loms_variable_of_the_compose_files_configures_loms() {
-    for file in compose::FILES {
-        let env = environment(&compose::compose_file(file), "loms");
+    for (file, service) in compose::FILES
+        .iter()
+        .flat_map(|f| ["loms", "loms-migrate"].map(|s| (f, s)))
+    {
+        let env = environment(&compose::compose_file(file), service);
         let settings = loms::config::Settings::load(
             &Default::default(),
             Some(env.clone().into_iter().collect()),

@@ -71,3 +71,50 @@ async fn orders_made_before_the_lines_moved_keep_their_lines() {
     assert_eq!(old_table, None, "the lines live in the order's row only");
     app.stop().await;
 }
+
+/// `loms migrate` runs on a connection of its own: the requests' statement timeout does not
+/// cancel it (here 1 ms, shorter than any migration), and a migration that would wait for a lock
+/// held by live traffic gives up after the lock timeout with the reason, instead of queueing
+/// every request behind it.
+#[tokio::test]
+async fn migrations_ignore_the_statement_timeout_and_respect_the_lock_timeout() {
+    let migrate = |url: &str| {
+        std::process::Command::new(testkit::process::bin_dir().join("loms"))
+            .args(["--database-url", url, "migrate"])
+            .env("LOMS_DATABASE__STATEMENT_TIMEOUT_MS", "1")
+            .env("LOMS_DATABASE__MIGRATION_LOCK_TIMEOUT_MS", "500")
+            .env("LOMS_LOG__FILTER", "warn")
+            .output()
+            .expect("run loms migrate")
+    };
+    let url = testkit::db::fresh_database().await;
+    let out = migrate(&url);
+    assert!(out.status.success(), "{out:?}");
+    let pool = PgPool::connect(&url).await.unwrap();
+    let (applied,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, loms::startup::MIGRATOR.iter().count() as i64);
+
+    // Live traffic holds a lock the next migration needs: the migration gives up.
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut traffic = pool.begin().await.unwrap();
+    // The last migration indexes outbox_parked: it needs a lock on that table.
+    sqlx::query("LOCK TABLE outbox_parked IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *traffic)
+        .await
+        .unwrap();
+    let blocked = migrate(&url);
+    assert!(!blocked.status.success());
+    let said = String::from_utf8_lossy(&blocked.stderr).to_string()
+        + &String::from_utf8_lossy(&blocked.stdout);
+    assert!(said.contains("lock timeout"), "{said}");
+    traffic.rollback().await.unwrap();
+    assert!(migrate(&url).status.success(), "once the lock is gone");
+}
