@@ -95,7 +95,8 @@ fn topology() {
             "notifier-1",
             "notifier-2",
             "notifier-3",
-            "postgres"
+            "postgres",
+            "prometheus"
         ]
     );
 
