@@ -45,6 +45,8 @@ async fn main() -> anyhow::Result<()> {
         json: settings.log.json,
         filter: &settings.log.filter,
         otlp_endpoint: settings.log.otlp_endpoint.as_deref(),
+        // Request lines are diagnostics: never worth a request's time.
+        logging: service_runtime::telemetry::Logging::OffThePath,
     });
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {

@@ -322,3 +322,45 @@ async fn sigterm_turns_health_off_before_the_listeners_close() {
     .await;
     assert_eq!(loms.process.wait().await.code(), Some(0));
 }
+
+/// Its log reader stalls (stopped, not dead: the pipe fills and takes no more): requests are
+/// still served at once, the lines that do not fit are dropped and counted, and once the reader
+/// reads again loms logs again.
+#[tokio::test]
+async fn a_stalled_log_reader_does_not_hold_requests() {
+    let db = fresh_database().await;
+    let loms = LomsOptions::new(&db, "loms.order-events.unused")
+        .relay(false)
+        .through_pipe()
+        .start()
+        .await;
+    loms.process.pause_log_reader(true);
+    let mut client = loms.client().await.unwrap();
+    // About 200 bytes a line: far more than a pipe (64 KiB) and the writer's buffer hold.
+    for order_id in 1..=8_000 {
+        let reply = client.order_info(OrderInfoRequest { order_id }).await;
+        assert_eq!(reply.unwrap_err().code(), Code::NotFound);
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", loms.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("loms_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "{metrics}");
+    loms.process.pause_log_reader(false);
+    let before = loms.process.log_text().len();
+    client
+        .order_info(OrderInfoRequest { order_id: 1 })
+        .await
+        .unwrap_err();
+    testkit::eventually("it logs again", Duration::from_secs(30), || {
+        std::future::ready(loms.process.log_text().len() > before)
+    })
+    .await;
+}

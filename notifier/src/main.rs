@@ -10,6 +10,8 @@ async fn main() -> anyhow::Result<()> {
         json: settings.log_json,
         filter: &settings.log_filter,
         otlp_endpoint: settings.otlp_endpoint.as_deref(),
+        // The event line is the delivery: a stalled reader holds consumption back.
+        logging: service_runtime::telemetry::Logging::InLine,
     });
     tracing::info!(?settings, "configuration");
 

@@ -8,7 +8,12 @@
 //! A log line that cannot be written (the reader of stdout is gone, the disk is full) is dropped
 //! and counted, never reported as an error: tracing-subscriber would report it on stderr, often
 //! the same dead pipe, and that report panics the task that was logging. Nothing in a service may
-//! hang or crash because nobody reads its logs.
+//! hang or crash because nobody reads its logs. With `Logging::OffThePath` (loms) lines are
+//! written by a thread of their own through a bounded buffer (tracing-appender's lossy
+//! non-blocking writer): a reader that stops reading fills the buffer, and further lines are
+//! dropped and counted, never waited for by a request. The notifier keeps `Logging::InLine`: its
+//! event line is what handling a message means, so a stalled reader holds consumption (and the
+//! offsets it commits) back rather than losing lines.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,14 +44,55 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 static DROPPED_LINES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// The off-the-path writer's count of lines its full buffer turned away, once there is one.
+static BUFFER_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped: stdout could not take them, or the buffer in front of it was full.
+#[derive(Debug)]
+struct DroppedLines;
+
+impl prometheus_client::metrics::TypedMetric for DroppedLines {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Counter;
+}
+
+impl prometheus_client::encoding::EncodeMetric for DroppedLines {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let full = BUFFER_DROPS.get().map_or(0, |c| c.dropped_lines() as u64);
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &(DROPPED_LINES.get() + full),
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
 
 /// Registers the count of log lines dropped because stdout could not take them.
 pub fn register_dropped_lines(registry: &mut Registry, prefix: &str) {
     registry.register(
         format!("{prefix}_log_lines_dropped"),
-        "Log lines dropped because stdout could not take them.",
-        DROPPED_LINES.clone(),
+        "Log lines dropped because stdout (or the buffer in front of it) could not take them.",
+        DroppedLines,
     );
+}
+
+/// Lines the off-the-path writer holds at most before it drops.
+const LOG_BUFFER_LINES: usize = 4_096;
+
+/// How a service's log lines reach stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// Written by the thread that logs: a stalled reader holds it.
+    InLine,
+    /// Written by a thread of its own through a bounded buffer; dropped and counted when full.
+    OffThePath,
 }
 
 /// Stdout that drops what it cannot write.
@@ -85,11 +131,14 @@ pub struct Options<'a> {
     pub filter: &'a str,
     /// OTLP/HTTP endpoint (e.g. `http://jaeger:4318`); `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
     pub otlp_endpoint: Option<&'a str>,
+    pub logging: Logging,
 }
 
-/// Keeps the tracer provider; `shutdown` flushes what is queued, within a bound.
+/// Keeps the tracer provider (and the log writer's thread); `shutdown` flushes what is queued,
+/// within a bound.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Telemetry {
@@ -259,10 +308,28 @@ pub fn init(options: &Options<'_>) -> Telemetry {
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false);
+    let (writer, log_writer) = match options.logging {
+        Logging::InLine => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(DroppingStdout),
+            None,
+        ),
+        Logging::OffThePath => {
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(true)
+                .buffered_lines_limit(LOG_BUFFER_LINES)
+                .thread_name("log-writer")
+                .finish(DroppingStdout);
+            let _ = BUFFER_DROPS.set(writer.error_counter());
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+                Some(guard),
+            )
+        }
+    };
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .log_internal_errors(false)
-        .with_writer(DroppingStdout);
+        .with_writer(writer);
     let registry = tracing_subscriber::registry().with(exists).with(otel);
     // try_init: a second call (several tests in one process) keeps the first subscriber.
     let _ = if options.json {
@@ -287,7 +354,10 @@ pub fn init(options: &Options<'_>) -> Telemetry {
         }
         (None, _) => tracing::debug!("span export off"),
     }
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        _log_writer: log_writer,
+    }
 }
 
 fn exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {

@@ -124,6 +124,21 @@ impl Process {
         let _ = reader.wait();
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the reader of its output pipe: a stalled log
+    /// shipper, whose pipe fills and then takes no more.
+    pub fn pause_log_reader(&self, paused: bool) {
+        let reader = self
+            .pipe_reader
+            .as_ref()
+            .expect("started with its output through a pipe");
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &reader.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
