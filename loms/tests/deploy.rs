@@ -113,15 +113,25 @@ fn topology() {
     );
     let kafka = environment(&c, "kafka");
     assert_eq!(kafka["KAFKA_PROCESS_ROLES"], "broker,controller");
-    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("localhost:9092"));
+    // The host ports are configurable (a local stack may hold the defaults): the advertised
+    // address follows the mapping.
+    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("localhost:${LOMS_KAFKA_PORT:-9092}"));
     assert!(kafka["KAFKA_ADVERTISED_LISTENERS"].contains("kafka:29092"));
-    assert_eq!(c["services"]["kafka"]["ports"], json!(["9092:9092"]));
+    assert_eq!(
+        c["services"]["kafka"]["ports"],
+        json!(["${LOMS_KAFKA_PORT:-9092}:9092"])
+    );
+    assert_eq!(
+        c["services"]["postgres"]["ports"],
+        json!(["${LOMS_PG_PORT:-5432}:5432"])
+    );
     assert!(c["services"]["kafka"]["healthcheck"]["test"]
         .to_string()
         .contains("kafka-broker-api-versions.sh"));
+    // Over TCP: the image's temporary init server listens only on the Unix socket.
     assert!(c["services"]["postgres"]["healthcheck"]["test"]
         .to_string()
-        .contains("pg_isready"));
+        .contains("pg_isready -h 127.0.0.1"));
     assert!(c["services"]["postgres"]["volumes"][0]
         .as_str()
         .unwrap()

@@ -293,7 +293,12 @@ pub fn init(options: &Options<'_>) -> Telemetry {
         .ok()
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| options.filter.to_string());
-    let logged = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The OpenTelemetry crates log their own export failures at ERROR, once per process and
+    // batch; the sampler's one WARN ("span collector unreachable") says it already.
+    let quiet_sdk =
+        "opentelemetry=off,opentelemetry_sdk=off,opentelemetry-otlp=off,opentelemetry_otlp=off";
+    let logged = EnvFilter::try_new(format!("{directives},{quiet_sdk}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{quiet_sdk}")));
     // What exists at all: that, and every span of the services' own crates, so that the trace
     // is carried whatever the log filter lets through. (A filter on the tracing layer alone
     // would be simpler, but tracing-subscriber then misses a callsite's first span.)
