@@ -143,7 +143,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn request(&self, method: &'static str, code: tonic::Code, took: Duration) {
-        let code = (code as i32).to_string();
+        // By name (`NotFound`), as dashboards and alerts read it, not by number.
+        let code = format!("{code:?}");
         self.inner
             .requests
             .get_or_create(&RequestLabels { method, code })
@@ -200,5 +201,21 @@ impl Metrics {
     /// The OpenMetrics text: no query runs for a scrape.
     pub fn render(&self) -> String {
         service_runtime::metrics::encode(&self.inner.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_codes_are_labelled_by_name() {
+        let metrics = Metrics::default();
+        metrics.request("OrderInfo", tonic::Code::NotFound, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(
+            text.contains("loms_requests_total{method=\"OrderInfo\",code=\"NotFound\"} 1"),
+            "{text}"
+        );
     }
 }
