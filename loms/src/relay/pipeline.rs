@@ -122,12 +122,15 @@ impl<'r> Pipeline<'r> {
         match result {
             Ok(()) => self.finish(leader, shutdown).await,
             Err(e) => {
-                // Nothing of this term may still be sent; destroying a producer whose broker
-                // does not answer can block, so not on the runtime's threads.
-                self.producer
-                    .purge(PurgeConfig::default().queue().inflight());
+                // What is in flight may still land within the grace (the database, not Kafka,
+                // may be what failed): its rows stay in the outbox and are resent by the next
+                // leader, a duplicate rather than a wait. Flushing and destroying a producer
+                // whose broker does not answer blocks, so not on the runtime's threads.
                 let producer = self.producer;
-                tokio::task::spawn_blocking(move || drop(producer));
+                tokio::task::spawn_blocking(move || {
+                    let _ = producer.flush(SHUTDOWN_GRACE);
+                    producer.purge(PurgeConfig::default().queue().inflight());
+                });
                 Err(e)
             }
         }
