@@ -14,22 +14,9 @@ bin=$cache/jaeger
 
 if [ ! -x "$bin" ]; then
   [ "${1:-}" = --if-built ] && exit 1
-  command -v go >/dev/null || { echo "jaeger: building Jaeger needs Go (https://go.dev/dl)" >&2; exit 1; }
-  echo "jaeger: building Jaeger from module github.com/jaegertracing/jaeger@$version into $cache (once)" >&2
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  mkdir -p "$cache"
-  # A module of our own that uses Jaeger as a tool: `go install` refuses its replace directives.
-  if ! (
-    cd "$work"
-    go mod init loms-jaeger-build
-    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$version"
-    go build -o "$bin.partial" github.com/jaegertracing/jaeger/cmd/jaeger
-  ) >"$work/build.log" 2>&1; then
-    cat "$work/build.log" >&2
-    echo "jaeger: the build failed" >&2
-    exit 1
-  fi
-  mv "$bin.partial" "$bin"
+  . "$(dirname "$0")/go-build.sh"
+  # Jaeger as a tool of that module (it has replace directives of its own).
+  go_build jaeger "$bin" github.com/jaegertracing/jaeger/cmd/jaeger \
+    -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$version"
 fi
 echo "$bin"

@@ -11,21 +11,8 @@ cache=${TOXIPROXY_CACHE:-$HOME/.cache/loms-stack/toxiproxy-$version}
 bin=$cache/toxiproxy-server
 
 if [ ! -x "$bin" ]; then
-  command -v go >/dev/null || { echo "toxiproxy: building Toxiproxy needs Go (https://go.dev/dl)" >&2; exit 1; }
-  echo "toxiproxy: building github.com/Shopify/toxiproxy/v2@$version into $cache (once)" >&2
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  mkdir -p "$cache"
-  if ! (
-    cd "$work"
-    go mod init loms-toxiproxy-build
-    go get "github.com/Shopify/toxiproxy/v2@$version"
-    go build -o "$bin.partial" github.com/Shopify/toxiproxy/v2/cmd/server
-  ) >"$work/build.log" 2>&1; then
-    cat "$work/build.log" >&2
-    echo "toxiproxy: the build failed" >&2
-    exit 1
-  fi
-  mv "$bin.partial" "$bin"
+  . "$(dirname "$0")/go-build.sh"
+  go_build toxiproxy "$bin" github.com/Shopify/toxiproxy/v2/cmd/server \
+    "github.com/Shopify/toxiproxy/v2@$version"
 fi
 echo "$bin"
