@@ -173,3 +173,38 @@ async fn the_outbox_commands_list_and_drop_parked_rows() {
     assert!(store::parked(&pool).await.unwrap().is_empty());
     assert_eq!(loms(&["parked"]).lines().count(), 1, "only the heading");
 }
+
+/// A row the producer refuses mid-stream, with batches read after its own: no row behind it
+/// may be sent before the refusal is handled, so its order's later event is parked, not
+/// published, and every other order's events are published in order.
+#[tokio::test]
+async fn nothing_read_after_a_refused_row_overtakes_it() {
+    let db = testkit::db::fresh_database().await;
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    let pool = migrated(&db).await;
+    let history = Status::AwaitingPayment.history();
+    fill_outbox(&pool, &topic, 1..=4, SKU, history).await;
+    write_row(&pool, &topic, 12, 1_100_000).await;
+    fill_outbox(&pool, &topic, 30..=30, SKU, history).await;
+    fill_outbox(&pool, &topic, 12..=12, SKU, &history[1..]).await;
+    fill_outbox(&pool, &topic, 13..=16, SKU, history).await;
+    let mut s = settings(&db, &topic, true);
+    // Small batches, two in flight: the refused row ends one, the next is read at once.
+    s.relay.batch_size = 3;
+    let app = TestApp::start(s, &db).await;
+    wait_for_empty_outbox(&pool).await;
+    let parked: Vec<String> = store::parked(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(parked, ["12", "12"]);
+    let published = topic_sequences(&topic).await;
+    assert!(!published.contains_key("12"), "{published:?}");
+    for order in [1, 2, 3, 4, 30, 13, 14, 15, 16] {
+        let sequences = &published[&order.to_string()];
+        assert_eq!(sequences.first(), Some(&1), "{order}: {sequences:?}");
+    }
+    app.stop().await;
+}

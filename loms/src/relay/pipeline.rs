@@ -96,6 +96,9 @@ pub struct Pipeline<'r> {
     backoff: Backoff,
     parked_counted: Instant,
     backlog_measured: Option<Instant>,
+    /// A batch stopped enqueueing at a row: no later batch may be sent before that failure is
+    /// handled, or rows after that row could overtake it.
+    halted: bool,
 }
 
 impl<'r> Pipeline<'r> {
@@ -108,6 +111,7 @@ impl<'r> Pipeline<'r> {
             backoff: relay.backoff(),
             parked_counted: Instant::now(),
             backlog_measured: None,
+            halted: false,
             relay,
         })
     }
@@ -150,7 +154,7 @@ impl<'r> Pipeline<'r> {
             {
                 self.measure_backlog(leader).await?;
             }
-            if self.in_flight.len() < self.mode.batches_in_flight() {
+            if !self.halted && self.in_flight.len() < self.mode.batches_in_flight() {
                 let sending: Vec<i64> = self.in_flight.iter().flat_map(Batch::ids).collect();
                 let read_at = Instant::now();
                 let limit = self.mode.batch_size(settings.batch_size);
@@ -158,8 +162,11 @@ impl<'r> Pipeline<'r> {
                 let rows = self.park_blocked(leader, rows).await?;
                 if !rows.is_empty() {
                     let batch = Batch::send(&self.producer, rows, read_at);
+                    self.halted = batch.enqueue_error.is_some();
                     self.in_flight.push_back(batch);
-                    continue; // read the next one while this one flies
+                    if !self.halted {
+                        continue; // read the next one while this one flies
+                    }
                 }
                 if self.in_flight.is_empty() {
                     if self.parked_counted.elapsed() >= PARKED_RECOUNT {
@@ -236,6 +243,7 @@ impl<'r> Pipeline<'r> {
         } = failure;
         // Nothing queued in the old producer may overtake the resend.
         self.in_flight.clear();
+        self.halted = false;
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
         self.delete_acknowledged(leader).await?;
