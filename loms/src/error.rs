@@ -49,9 +49,10 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
-            // Server shutting down, too many connections, serialization/lock failures, query canceled.
+            // Server shutting down, too many connections, serialization/lock failures, query
+            // canceled, a session the server ended for idling inside a transaction.
             sqlx::Error::Database(db) => {
-                matches!(db.code().as_deref(), Some(c) if c.starts_with("57") || c.starts_with("08") || c.starts_with("53") || c == "40001" || c == "40P01" || c == "55P03")
+                matches!(db.code().as_deref(), Some(c) if c.starts_with("57") || c.starts_with("08") || c.starts_with("53") || c == "40001" || c == "40P01" || c == "55P03" || c == "25P03")
             }
             _ => false,
         };

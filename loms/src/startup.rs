@@ -44,8 +44,18 @@ pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions
         ("tcp_keepalives_interval", "5".to_string()),
         ("tcp_keepalives_count", "3".to_string()),
         ("tcp_user_timeout", "25000".to_string()),
+        // A client that went silent inside a transaction (its locks held: stock rows, an
+        // order) is rolled back by the server instead of blocking every order of those skus.
+        (
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+        ),
     ]))
 }
+
+/// loms's transactions have no pauses of their own between statements: one idle this long is a
+/// client that is gone.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 
 /// Where `options` connect to, without the password.
 fn describe(options: &PgConnectOptions) -> String {

@@ -32,12 +32,17 @@ pub struct Tally {
 impl Tally {
     fn judge(&self, code: Code) {
         match code {
+            // ResourceExhausted: refused at once when too many requests are in flight.
             Code::Unavailable
+            | Code::ResourceExhausted
             | Code::Cancelled
             | Code::Unknown
             | Code::DeadlineExceeded
             | Code::FailedPrecondition => self.failed.fetch_add(1, Ordering::Relaxed),
-            _ => self.bad.fetch_add(1, Ordering::Relaxed),
+            _ => {
+                eprintln!("reply outside the contract: {code:?}");
+                self.bad.fetch_add(1, Ordering::Relaxed)
+            }
         };
     }
 }
