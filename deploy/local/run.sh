@@ -4,6 +4,13 @@
 # services gracefully and then the stack; a second Ctrl-C while stopping stops them at once.
 #
 #   LOMS_GRPC_ADDR / LOMS_HTTP_ADDR    default 0.0.0.0:8083 / 0.0.0.0:8084
+#   LOMS_ADMIN_ADDR                    loms's metrics and probes, default 0.0.0.0:8085
+#   NOTIFIERS_METRICS_ADDRS            the three notifiers' metrics and probes, default
+#                                      "127.0.0.1:9101 127.0.0.1:9102 127.0.0.1:9103"
+#   PROMETHEUS_ADDR                    when Debian's prometheus is installed (setup.sh installs
+#                                      it), it is started there (default 127.0.0.1:9090),
+#                                      scraping loms and the notifiers with the shipped alert
+#                                      rules (deploy/prometheus/alerts.yml)
 #   STACK_DIR, PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT: as for stack.sh
 #   BIN_DIR                            where loms and notifier are (default target/release)
 #   KEEP_STACK=1                       leave PostgreSQL and Kafka running on exit
@@ -71,10 +78,34 @@ if [ -z "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
   fi
 fi
 
-prefixed loms "$bin/loms" --database-url "$DATABASE_URL" --kafka-brokers "$KAFKA_BROKERS"
+admin=${LOMS_ADMIN_ADDR:-0.0.0.0:8085}
+read -r -a notifier_metrics <<< "${NOTIFIERS_METRICS_ADDRS:-127.0.0.1:9101 127.0.0.1:9102 127.0.0.1:9103}"
+prefixed loms "$bin/loms" --database-url "$DATABASE_URL" --kafka-brokers "$KAFKA_BROKERS" --admin-addr "$admin"
 for i in 1 2 3; do
-  NOTIFIER_KAFKA__CLIENT_ID=notifier-$i prefixed "notifier-$i" "$bin/notifier" --kafka-brokers "$KAFKA_BROKERS"
+  NOTIFIER_KAFKA__CLIENT_ID=notifier-$i prefixed "notifier-$i" "$bin/notifier" --kafka-brokers "$KAFKA_BROKERS" \
+    --metrics-addr "${notifier_metrics[$((i - 1))]}"
 done
-echo "run: loms on gRPC ${LOMS_GRPC_ADDR:-0.0.0.0:8083}, HTTP ${LOMS_HTTP_ADDR:-0.0.0.0:8084}; Ctrl-C stops everything" >&2
+
+# Prometheus scraping what this run started, with the alert rules that ship with the system.
+scrape() { echo "${1/#0.0.0.0:/127.0.0.1:}"; } # a wildcard listener is scraped on loopback
+if prometheus=$(command -v prometheus); then
+  targets=$(for a in "${notifier_metrics[@]}"; do printf '"%s", ' "$(scrape "$a")"; done)
+  cat > "$STACK_DIR/prometheus.yml" <<YAML
+global: {scrape_interval: 5s, evaluation_interval: 15s}
+rule_files: ["$(cd "$here/../prometheus" && pwd)/alerts.yml"]
+scrape_configs:
+  - {job_name: loms, static_configs: [{targets: ["$(scrape "$admin")"]}]}
+  - {job_name: notifier, static_configs: [{targets: [${targets%, }]}]}
+YAML
+  prometheus_addr=${PROMETHEUS_ADDR:-127.0.0.1:9090}
+  prefixed prometheus "$prometheus" --config.file="$STACK_DIR/prometheus.yml" \
+    --storage.tsdb.path="$STACK_DIR/prometheus-data" --web.listen-address="$prometheus_addr" \
+    --log.level=warn
+  echo "run: Prometheus on http://$prometheus_addr (targets, alerts)" >&2
+else
+  echo "run: Prometheus is not installed (deploy/local/setup.sh installs Debian's package);" \
+    "metrics on http://$(scrape "$admin")/metrics and the notifiers' ${notifier_metrics[*]}" >&2
+fi
+echo "run: loms on gRPC ${LOMS_GRPC_ADDR:-0.0.0.0:8083}, HTTP ${LOMS_HTTP_ADDR:-0.0.0.0:8084}, metrics $admin; Ctrl-C stops everything" >&2
 # Until any service exits (or a signal arrives).
 wait -n "${pids[@]}" || true

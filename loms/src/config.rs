@@ -13,6 +13,8 @@ use service_runtime::kafka::Properties;
 pub struct Settings {
     pub grpc_addr: String,
     pub http_addr: String,
+    /// `/metrics`, `/readyz` and `/livez`, apart from the API.
+    pub admin_addr: String,
     /// Name of this replica in events and logs; defaults to the host name.
     pub instance_id: String,
     /// Largest HTTP request body accepted; the default fits an order of `max_order_lines`.
@@ -115,6 +117,7 @@ impl Default for Settings {
         Self {
             grpc_addr: "0.0.0.0:8083".into(),
             http_addr: "0.0.0.0:8084".into(),
+            admin_addr: "0.0.0.0:8085".into(),
             instance_id: default_instance_id(),
             http_body_limit_bytes: 64 * 1024,
             grpc_max_message_bytes: 64 * 1024,
@@ -285,6 +288,9 @@ pub struct Overrides {
     /// HTTP/JSON gateway listen address (default 0.0.0.0:8084).
     #[arg(long, global = true)]
     pub http_addr: Option<String>,
+    /// Admin listen address: metrics and probes (default 0.0.0.0:8085).
+    #[arg(long, global = true)]
+    pub admin_addr: Option<String>,
     /// PostgreSQL URL.
     #[arg(long, global = true)]
     pub database_url: Option<String>,
@@ -313,6 +319,7 @@ impl Settings {
             &[
                 ("grpc_addr", overrides.grpc_addr.as_ref()),
                 ("http_addr", overrides.http_addr.as_ref()),
+                ("admin_addr", overrides.admin_addr.as_ref()),
                 ("database.url", overrides.database_url.as_ref()),
                 ("kafka.brokers", overrides.kafka_brokers.as_ref()),
                 ("kafka.topic", overrides.kafka_topic.as_ref()),

@@ -16,40 +16,24 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::health::Readiness;
-use crate::metrics::Metrics;
 use crate::service::LomsService;
 
 #[derive(Clone)]
 struct Gateway {
     service: LomsService,
-    metrics: Metrics,
-    readiness: Readiness,
 }
 
-pub fn router(
-    service: LomsService,
-    metrics: Metrics,
-    readiness: Readiness,
-    body_limit: usize,
-) -> Router {
+pub fn router(service: LomsService, body_limit: usize) -> Router {
     Router::new()
         .route("/order/create", post(order_create))
         .route("/order/info", get(order_info))
         .route("/order/pay", post(order_pay))
         .route("/order/cancel", post(order_cancel))
         .route("/stock/info", get(stock_info))
-        .route("/metrics", get(metrics_text))
-        .route("/readyz", get(readyz))
-        .route("/livez", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(Gateway {
-            service,
-            metrics,
-            readiness,
-        })
+        .with_state(Gateway { service })
 }
 
 /// An error reply: `{"code", "message", "details"}` with the HTTP status of the gRPC code.
@@ -197,23 +181,6 @@ async fn stock_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryPa
                 .await,
         ),
         Err(e) => e.into_response(),
-    }
-}
-
-async fn metrics_text(State(g): State<Gateway>) -> Response {
-    (
-        [(header::CONTENT_TYPE, service_runtime::metrics::CONTENT_TYPE)],
-        g.metrics.render(),
-    )
-        .into_response()
-}
-
-/// 200 while this replica can serve (PostgreSQL answers, no shutdown begun), 503 otherwise.
-async fn readyz(State(g): State<Gateway>) -> Response {
-    if g.readiness.ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
 }
 

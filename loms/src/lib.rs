@@ -1,6 +1,7 @@
 //! loms: orders and stock in PostgreSQL behind gRPC and HTTP/JSON, with every status change
 //! published to Kafka through a transactional outbox.
 
+pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -1,10 +1,11 @@
-//! Metrics for `GET /metrics`, through `prometheus-client` (OpenMetrics text). The outbox backlog
-//! and age are read from the database at scrape time, so they are right whichever replica holds
-//! the relay.
+//! Metrics for the admin listener's `GET /metrics`, through `prometheus-client` (OpenMetrics
+//! text). Nothing is queried for a scrape: the relay leader measures the outbox backlog on its
+//! own connection every second, the pool's gauges are read from the pool's counters, and the
+//! producer's queue from librdkafka's statistics.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -24,6 +26,13 @@ struct MethodLabel {
     method: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -33,16 +42,33 @@ struct Inner {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<MethodLabel, Histogram, fn() -> Histogram>,
+    relay: RelayMetrics,
+    pool: PoolMetrics,
+}
+
+/// The relay's figures: what it published, how it fails, and the outbox it works through.
+struct RelayMetrics {
     events_published: Counter,
     delivery_errors: Counter,
     events_parked: Counter,
     outbox_parked: Gauge,
-    relay_leader: Gauge,
+    leader: Gauge,
+    last_publish: FloatGauge,
+    consecutive_failures: Gauge,
     outbox_backlog: Gauge,
-    outbox_oldest_age: Gauge<f64, AtomicU64>,
+    outbox_oldest_age: FloatGauge,
     outbox_wait: Histogram,
     publish: Histogram,
-    relay_cycle: Histogram,
+    cycle: Histogram,
+    producer_queue_messages: Gauge,
+    producer_queue_bytes: Gauge,
+}
+
+/// The request pool's connections, read from the pool itself at each scrape.
+struct PoolMetrics {
+    pool: OnceLock<PgPool>,
+    connections: Family<StateLabel, Gauge>,
+    max: Gauge,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
@@ -57,88 +83,117 @@ fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     g
 }
 
+fn float_gauge(registry: &mut Registry, name: &str, help: &str) -> FloatGauge {
+    let g = FloatGauge::default();
+    registry.register(name, help, g.clone());
+    g
+}
+
 fn stage(registry: &mut Registry, name: &str, help: &str) -> Histogram {
     let h = service_runtime::metrics::latency_histogram();
     registry.register(name, help, h.clone());
     h
 }
 
+impl RelayMetrics {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            events_published: counter(r, "loms_events_published", "Order events acknowledged by Kafka."),
+            delivery_errors: counter(r, "loms_relay_delivery_errors", "Batches stopped by a delivery error."),
+            events_parked: counter(r, "loms_events_parked", "Outbox rows parked: refused for good by the broker, or behind such a row of their order."),
+            outbox_parked: gauge(r, "loms_outbox_parked_rows", "Parked outbox rows waiting for an operator (loms outbox parked), as the relay last counted them."),
+            leader: gauge(r, "loms_relay_leader", "1 when this replica holds the relay lock."),
+            last_publish: float_gauge(r, "loms_relay_last_publish_timestamp_seconds", "Unix time of this replica's last batch acknowledged by Kafka and deleted (0: none yet)."),
+            consecutive_failures: gauge(r, "loms_relay_consecutive_failures", "Delivery failures and lost leadership terms since the relay last published; 0 while it publishes."),
+            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox (estimated from the ids of the oldest and newest rows), as the relay leader last measured it."),
+            outbox_oldest_age: float_gauge(r, "loms_outbox_oldest_age_seconds", "Age of the oldest waiting event, as the relay leader last measured it."),
+            outbox_wait: stage(r, "loms_outbox_wait_seconds", "Time from an event's transaction to its read by the relay."),
+            publish: stage(r, "loms_relay_publish_seconds", "Time from an event's read by the relay to its acknowledgement by Kafka."),
+            cycle: stage(r, "loms_relay_cycle_seconds", "Time from a batch's read to its deletion once acknowledged."),
+            producer_queue_messages: gauge(r, "loms_kafka_producer_queue_messages", "Messages in the relay producer's queue, not yet acknowledged (librdkafka's statistics)."),
+            producer_queue_bytes: gauge(r, "loms_kafka_producer_queue_bytes", "Bytes in the relay producer's queue (librdkafka's statistics)."),
+        }
+    }
+}
+
+impl PoolMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let connections = Family::<StateLabel, Gauge>::default();
+        r.register(
+            "loms_db_pool_connections",
+            "The request pool's open connections, idle or in use.",
+            connections.clone(),
+        );
+        Self {
+            pool: OnceLock::new(),
+            connections,
+            max: gauge(
+                r,
+                "loms_db_pool_max_connections",
+                "Most connections the request pool opens.",
+            ),
+        }
+    }
+
+    fn refresh(&self) {
+        let Some(pool) = self.pool.get() else {
+            return;
+        };
+        let (open, idle) = (i64::from(pool.size()), pool.num_idle() as i64);
+        let set = |state, n| self.connections.get_or_create(&StateLabel { state }).set(n);
+        set("idle", idle);
+        set("in_use", (open - idle).max(0));
+        self.max
+            .set(i64::from(pool.options().get_max_connections()));
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let r = &mut registry;
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration: Family<MethodLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(service_runtime::metrics::latency_histogram);
-        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
-        r.register(
+        registry.register(
             "loms_requests",
             "Requests handled, by method and gRPC code.",
             requests.clone(),
         );
-        r.register(
+        registry.register(
             "loms_request_duration_seconds",
             "Time to handle a request, by method.",
             request_duration.clone(),
         );
-        r.register(
-            "loms_outbox_oldest_age_seconds",
-            "Age of the oldest waiting event, as the relay leader last measured it.",
-            outbox_oldest_age.clone(),
-        );
-        let inner = Inner {
-            requests,
-            request_duration,
-            events_published: counter(
-                r,
-                "loms_events_published",
-                "Order events acknowledged by Kafka.",
-            ),
-            delivery_errors: counter(
-                r,
-                "loms_relay_delivery_errors",
-                "Batches stopped by a delivery error.",
-            ),
-            events_parked: counter(
-                r,
-                "loms_events_parked",
-                "Outbox rows parked: refused for good by the broker, or behind such a row of their order.",
-            ),
-            outbox_parked: gauge(
-                r,
-                "loms_outbox_parked_rows",
-                "Parked outbox rows waiting for an operator (loms outbox parked), as the relay last counted them.",
-            ),
-            relay_leader: gauge(
-                r,
-                "loms_relay_leader",
-                "1 when this replica holds the relay lock.",
-            ),
-            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox (estimated from the ids of the oldest and newest rows), as the relay leader last measured it."),
-            outbox_oldest_age,
-            outbox_wait: stage(
-                r,
-                "loms_outbox_wait_seconds",
-                "Time from an event's transaction to its read by the relay.",
-            ),
-            publish: stage(
-                r,
-                "loms_relay_publish_seconds",
-                "Time from an event's read by the relay to its acknowledgement by Kafka.",
-            ),
-            relay_cycle: stage(
-                r,
-                "loms_relay_cycle_seconds",
-                "Time from a batch's read to its deletion once acknowledged.",
-            ),
-            registry: Registry::default(),
-        };
+        let relay = RelayMetrics::register(&mut registry);
+        let pool = PoolMetrics::register(&mut registry);
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
         service_runtime::telemetry::register_dropped_spans(&mut registry, "loms");
         Self {
-            inner: Arc::new(Inner { registry, ..inner }),
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                request_duration,
+                relay,
+                pool,
+            }),
         }
     }
+}
+
+/// What the relay of this replica is doing, for `/readyz`'s body.
+#[derive(Debug, serde::Serialize)]
+pub struct RelayStatus {
+    pub leader: bool,
+    pub consecutive_failures: i64,
+    /// Seconds since this replica last published, if it ever did.
+    pub last_publish_age_seconds: Option<f64>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 impl Metrics {
@@ -155,51 +210,86 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// The pool whose connections the scrape reports.
+    pub fn watch_pool(&self, pool: PgPool) {
+        let _ = self.inner.pool.pool.set(pool);
+    }
+
+    /// `n` events acknowledged and deleted: the relay publishes.
     pub fn published(&self, n: u64) {
-        self.inner.events_published.inc_by(n);
+        if n == 0 {
+            return;
+        }
+        let relay = &self.inner.relay;
+        relay.events_published.inc_by(n);
+        relay.last_publish.set(unix_now());
+        relay.consecutive_failures.set(0);
+    }
+
+    /// A delivery failed or a leadership term ended in an error.
+    pub fn relay_failure(&self) {
+        self.inner.relay.consecutive_failures.inc();
     }
 
     pub fn outbox_wait(&self, seconds: f64) {
-        self.inner.outbox_wait.observe(seconds);
+        self.inner.relay.outbox_wait.observe(seconds);
     }
 
     pub fn publish(&self, took: Duration) {
-        self.inner.publish.observe(took.as_secs_f64());
+        self.inner.relay.publish.observe(took.as_secs_f64());
     }
 
     pub fn relay_cycle(&self, took: Duration) {
-        self.inner.relay_cycle.observe(took.as_secs_f64());
+        self.inner.relay.cycle.observe(took.as_secs_f64());
     }
 
     pub fn delivery_error(&self) {
-        self.inner.delivery_errors.inc();
+        self.inner.relay.delivery_errors.inc();
+        self.relay_failure();
     }
 
-    /// `n` outbox rows parked; `total` are parked now.
+    /// `n` outbox rows parked.
     pub fn parked(&self, n: u64) {
-        self.inner.events_parked.inc_by(n);
+        self.inner.relay.events_parked.inc_by(n);
     }
 
     pub fn set_parked_rows(&self, rows: i64) {
-        self.inner.outbox_parked.set(rows);
+        self.inner.relay.outbox_parked.set(rows);
     }
 
     pub fn set_leader(&self, leader: bool) {
-        self.inner.relay_leader.set(i64::from(leader));
+        self.inner.relay.leader.set(i64::from(leader));
     }
 
     pub fn events_published(&self) -> u64 {
-        self.inner.events_published.get()
+        self.inner.relay.events_published.get()
     }
 
     /// The outbox backlog as the relay last measured it.
     pub fn set_backlog(&self, rows: i64, oldest_age_secs: f64) {
-        self.inner.outbox_backlog.set(rows);
-        self.inner.outbox_oldest_age.set(oldest_age_secs);
+        self.inner.relay.outbox_backlog.set(rows);
+        self.inner.relay.outbox_oldest_age.set(oldest_age_secs);
+    }
+
+    /// The relay producer's queue, from librdkafka's statistics.
+    pub fn set_producer_queue(&self, messages: i64, bytes: i64) {
+        self.inner.relay.producer_queue_messages.set(messages);
+        self.inner.relay.producer_queue_bytes.set(bytes);
+    }
+
+    pub fn relay_status(&self) -> RelayStatus {
+        let relay = &self.inner.relay;
+        let last = relay.last_publish.get();
+        RelayStatus {
+            leader: relay.leader.get() == 1,
+            consecutive_failures: relay.consecutive_failures.get(),
+            last_publish_age_seconds: (last > 0.0).then(|| (unix_now() - last).max(0.0)),
+        }
     }
 
     /// The OpenMetrics text: no query runs for a scrape.
     pub fn render(&self) -> String {
+        self.inner.pool.refresh();
         service_runtime::metrics::encode(&self.inner.registry)
     }
 }
@@ -217,5 +307,22 @@ mod tests {
             text.contains("loms_requests_total{method=\"OrderInfo\",code=\"NotFound\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn failures_count_until_the_relay_publishes_again() {
+        let metrics = Metrics::default();
+        assert!(metrics.relay_status().last_publish_age_seconds.is_none());
+        metrics.delivery_error();
+        metrics.relay_failure();
+        metrics.published(0);
+        assert_eq!(metrics.relay_status().consecutive_failures, 2);
+        metrics.published(3);
+        let status = metrics.relay_status();
+        assert_eq!(status.consecutive_failures, 0);
+        assert!(status.last_publish_age_seconds.is_some());
+        assert!(metrics
+            .render()
+            .contains("loms_relay_delivery_errors_total 1"));
     }
 }

@@ -26,6 +26,7 @@ pub struct Application {
     pool: PgPool,
     grpc: TcpListener,
     http: TcpListener,
+    admin: TcpListener,
     metrics: Metrics,
 }
 
@@ -157,12 +158,18 @@ impl Application {
         let http = TcpListener::bind(&settings.http_addr)
             .await
             .with_context(|| format!("binding {}", settings.http_addr))?;
+        let admin = TcpListener::bind(&settings.admin_addr)
+            .await
+            .with_context(|| format!("binding {}", settings.admin_addr))?;
+        let metrics = Metrics::default();
+        metrics.watch_pool(pool.clone());
         Ok(Self {
             settings,
             pool,
             grpc,
             http,
-            metrics: Metrics::default(),
+            admin,
+            metrics,
         })
     }
 
@@ -174,6 +181,12 @@ impl Application {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -191,6 +204,7 @@ impl Application {
             pool,
             grpc,
             http,
+            admin,
             metrics,
         } = self;
         let wake = Arc::new(Notify::new());
@@ -220,7 +234,7 @@ impl Application {
             None
         };
 
-        tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, instance = %settings.instance_id, "loms serving");
+        tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, admin = %admin.local_addr()?, instance = %settings.instance_id, "loms serving");
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = crate::health::Readiness::default();
         let health =
@@ -243,25 +257,21 @@ impl Application {
             settings.grpc_max_message_bytes,
             listeners_stop.clone(),
         )?;
-        let router =
-            crate::http::router(service, metrics, readiness, settings.http_body_limit_bytes);
-        let http_stop = listeners_stop.clone();
-        let http_server = async move {
-            use axum::serve::ListenerExt;
-            // As on the gRPC port: small replies go out at once, not after a delayed ACK.
-            let http = http.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await
-                .context("HTTP server")
-        };
+        let http_server = serve_http(
+            http,
+            crate::http::router(service, settings.http_body_limit_bytes),
+            listeners_stop.clone(),
+            "HTTP server",
+        );
+        let admin_server = serve_http(
+            admin,
+            crate::admin::router(metrics, readiness),
+            listeners_stop.clone(),
+            "admin server",
+        );
         let grace = Duration::from_millis(settings.shutdown_timeout_ms);
         let served = drain(
-            async { tokio::try_join!(grpc_server, http_server).map(drop) },
+            async { tokio::try_join!(grpc_server, http_server, admin_server).map(drop) },
             &listeners_stop,
             grace,
         )
@@ -305,6 +315,26 @@ fn serve_grpc(
             async move { stop.cancelled().await },
         );
     Ok(async { server.await.context("gRPC server") })
+}
+
+/// An axum server on `listener` until `stop`.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    // As on the gRPC port: small replies go out at once, not after a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context(what)
 }
 
 /// Runs `servers` to their end, or leaves what is still in flight `grace` after `shutdown`.

@@ -31,7 +31,7 @@ fn the_scrape_configuration_is_valid_and_names_every_service() {
         std::fs::read_to_string(testkit::stack::root().join("deploy/prometheus/prometheus.yml"))
             .unwrap();
     for target in [
-        "loms:8084",
+        "loms:8085",
         "notifier-1:9100",
         "notifier-2:9100",
         "notifier-3:9100",

@@ -539,3 +539,37 @@ async fn health_and_reflection_are_served() {
     );
     app.stop().await;
 }
+
+/// Metrics and probes are on the admin listener only; the public port serves the API alone.
+#[tokio::test]
+async fn metrics_and_probes_are_on_the_admin_listener_only() {
+    let app = TestApp::spawn().await;
+    let get = |address: std::net::SocketAddr, path: &'static str| async move {
+        let reply = reqwest::get(format!("http://{address}{path}"))
+            .await
+            .unwrap();
+        (reply.status().as_u16(), reply.text().await.unwrap())
+    };
+    for path in ["/metrics", "/readyz", "/livez"] {
+        assert_eq!(get(app.http, path).await.0, 404, "{path} on the API port");
+        assert_eq!(
+            get(app.admin, path).await.0,
+            200,
+            "{path} on the admin port"
+        );
+    }
+    let (_, metrics) = get(app.admin, "/metrics").await;
+    for line in [
+        "loms_db_pool_max_connections 32",
+        "loms_db_pool_connections{state=\"idle\"}",
+        "loms_db_pool_connections{state=\"in_use\"}",
+        "loms_relay_consecutive_failures 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let (_, ready) = get(app.admin, "/readyz").await;
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["relay"]["leader"], false, "this app's relay is off");
+    app.stop().await;
+}

@@ -202,7 +202,11 @@ fn topology() {
 
     // loms: both ports, after a healthy database and a finished init.
     let loms = &c["services"]["loms"];
-    assert_eq!(loms["ports"], json!(["8083:8083", "8084:8084"]));
+    assert_eq!(
+        loms["ports"],
+        json!(["8083:8083", "8084:8084", "8085:8085"])
+    );
+    assert_eq!(environment(&c, "loms")["LOMS_ADMIN_ADDR"], "0.0.0.0:8085");
     assert_eq!(
         loms["depends_on"]["postgres"]["condition"],
         "service_healthy"
@@ -211,7 +215,7 @@ fn topology() {
         loms["depends_on"]["kafka-init"]["condition"],
         "service_completed_successfully"
     );
-    assert_eq!(loms["build"]["target"], "loms");
+    assert_eq!(loms["image"], "loms:local");
     // The migrations run once, as a job of their own, before it.
     assert_eq!(
         loms["depends_on"]["loms-migrate"]["condition"],
@@ -224,6 +228,7 @@ fn topology() {
     let migrate = &c["services"]["loms-migrate"];
     assert_eq!(migrate["command"], json!(["migrate"]));
     assert_eq!(migrate["build"]["target"], "loms");
+    assert_eq!(migrate["image"], "loms:local");
     assert_eq!(
         environment(&c, "loms-migrate")["LOMS_DATABASE__URL"],
         environment(&c, "loms")["LOMS_DATABASE__URL"]
@@ -233,7 +238,7 @@ fn topology() {
         let name = format!("notifier-{i}");
         let n = &c["services"][&name];
         assert_eq!(n["container_name"], name);
-        assert_eq!(n["build"]["target"], "notifier");
+        assert_eq!(n["image"], "loms-notifier:local");
         assert_eq!(
             n["depends_on"]["kafka-init"]["condition"],
             "service_completed_successfully"
@@ -242,6 +247,28 @@ fn topology() {
             environment(&c, &name)["NOTIFIER_KAFKA__GROUP_ID"],
             "notifier"
         );
+    }
+}
+
+/// Both files: each of our images is built by one service and run by the others under its tag,
+/// not built again for each (compose leaves the pull of a tag another service builds).
+#[test]
+fn each_image_is_built_once() {
+    for file in compose::FILES {
+        let c = compose::compose_file(file);
+        let services = c["services"].as_object().unwrap();
+        for (image, target, users) in [
+            ("loms:local", "loms", 2),
+            ("loms-notifier:local", "notifier", 3),
+        ] {
+            let running: Vec<&Value> = services.values().filter(|s| s["image"] == image).collect();
+            let building: Vec<&&Value> = running.iter().filter(|s| !s["build"].is_null()).collect();
+            assert_eq!(running.len(), users, "{file}: services running {image}");
+            assert_eq!(building.len(), 1, "{file}: services building {image}");
+            assert_eq!(building[0]["build"]["target"], target, "{file}");
+        }
+        let builds = services.values().filter(|s| !s["build"].is_null()).count();
+        assert_eq!(builds, 2, "{file}: nothing else is built");
     }
 }
 

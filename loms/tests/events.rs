@@ -122,6 +122,10 @@ async fn each_rpc_produces_its_events_in_order() {
     assert_eq!(all_ids.len(), 8);
     wait_for_empty_outbox(&app.pool).await;
     assert_eq!(app.metrics.events_published(), 8);
+    let relay = app.metrics.relay_status();
+    assert!(relay.leader, "{relay:?}");
+    assert_eq!(relay.consecutive_failures, 0);
+    assert!(relay.last_publish_age_seconds.is_some(), "{relay:?}");
     assert_eq!(
         kafka::consume_all(&app.topic).await.len(),
         8,

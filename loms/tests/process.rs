@@ -185,20 +185,20 @@ async fn two_replicas_one_relay_and_a_takeover() {
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     let a = LomsOptions::new(&db, &topic).start().await;
     let b = LomsOptions::new(&db, &topic).start().await;
-    let http = [a.http.clone(), b.http.clone()];
+    let admin = [a.admin.clone(), b.admin.clone()];
     eventually(
         "one replica leads the relay",
         Duration::from_secs(30),
-        || async { !relay_leaders(&http).await.is_empty() },
+        || async { !relay_leaders(&admin).await.is_empty() },
     )
     .await;
-    let (mut leader, follower) = if relay_leaders(&http).await == [0] {
+    let (mut leader, follower) = if relay_leaders(&admin).await == [0] {
         (a, b)
     } else {
         (b, a)
     };
     assert_eq!(
-        relay_leaders(&[leader.http.clone(), follower.http.clone()]).await,
+        relay_leaders(&[leader.admin.clone(), follower.admin.clone()]).await,
         [0],
         "exactly one relay is active"
     );
@@ -263,11 +263,11 @@ async fn health_follows_postgres() {
         .start()
         .await;
     let state = || async {
-        let ready = reqwest::get(format!("http://{}/readyz", loms.http))
+        let ready = reqwest::get(format!("http://{}/readyz", loms.admin))
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0);
-        let live = reqwest::get(format!("http://{}/livez", loms.http))
+        let live = reqwest::get(format!("http://{}/livez", loms.admin))
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0);
@@ -341,7 +341,7 @@ async fn a_stalled_log_reader_does_not_hold_requests() {
         let reply = client.order_info(OrderInfoRequest { order_id }).await;
         assert_eq!(reply.unwrap_err().code(), Code::NotFound);
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", loms.http))
+    let metrics = reqwest::get(format!("http://{}/metrics", loms.admin))
         .await
         .unwrap()
         .text()

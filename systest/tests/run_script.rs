@@ -1,6 +1,7 @@
 //! `make run` as a user runs it: `deploy/local/run.sh` in a process group of its own (a
 //! terminal's foreground job) on a private stack; an order is made and its events logged; then
-//! SIGINT to the whole group, as Ctrl-C sends it. Everything it started must be gone, and the
+//! SIGINT to the whole group, as Ctrl-C sends it; meanwhile the Prometheus it started scrapes
+//! every service. Everything it started must be gone, and the
 //! script must have stopped by itself.
 
 use std::os::unix::process::CommandExt;
@@ -59,6 +60,10 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .status()
         .unwrap();
     let (pg, kafka, grpc, jaeger) = (free_port(), free_port(), free_port(), free_port());
+    let prometheus = free_port();
+    let notifier_metrics: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     // Built (once) here as `make test` builds it: run.sh starts Jaeger when it is built.
     let built = Command::new(testkit::stack::root().join("deploy/local/jaeger.sh"))
         .status()
@@ -79,6 +84,9 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
         .env("KAFKA_CONTROLLER_PORT", free_port().to_string())
         .env("LOMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("LOMS_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("LOMS_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("NOTIFIERS_METRICS_ADDRS", notifier_metrics.join(" "))
+        .env("PROMETHEUS_ADDR", format!("127.0.0.1:{prometheus}"))
         .env("BIN_DIR", bin_dir())
         .env(
             "JAEGER_OTLP_HTTP_ADDR",
@@ -153,6 +161,33 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
     )
     .await;
 
+    // The Prometheus it started (Debian's, which setup.sh installs) scrapes all four services
+    // and has the shipped alert rules.
+    let api = |path: &'static str| {
+        let url = format!("http://127.0.0.1:{prometheus}/api/v1/{path}");
+        async move {
+            let Ok(reply) = reqwest::get(&url).await else {
+                return serde_json::Value::Null;
+            };
+            reply.json().await.unwrap_or_default()
+        }
+    };
+    eventually(
+        "Prometheus scrapes loms and the three notifiers",
+        START_PATIENCE,
+        || async {
+            let targets = api("targets").await;
+            let up = targets["data"]["activeTargets"]
+                .as_array()
+                .map(|t| t.iter().filter(|t| t["health"] == "up").count())
+                .unwrap_or(0);
+            up == 4
+        },
+    )
+    .await;
+    let rules = api("rules").await.to_string();
+    assert!(rules.contains("LomsNoRelayLeader"), "{rules}");
+
     // Ctrl-C: SIGINT to the whole foreground group.
     let group = run.id().to_string();
     let sent = Command::new("kill")
@@ -180,9 +215,11 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
     }
     let left = started_by_the_run(&stack_dir);
     assert!(left.is_empty(), "left running: {left:#?}\n{text}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", jaeger)).is_err(),
-        "Jaeger left running:\n{text}"
-    );
+    for (what, port) in [("Jaeger", jaeger), ("Prometheus", prometheus)] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{what} left running:\n{text}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&stack_dir);
 }

@@ -246,7 +246,7 @@ async fn spans_pause_while_the_collector_is_away_and_resume_when_it_answers() {
         PATIENCE,
         || async {
             create(None).await;
-            counter(&loms.http, "loms_spans_dropped_total").await > 0.0
+            counter(&loms.admin, "loms_spans_dropped_total").await > 0.0
                 && counter(&notifier_metrics, "notifier_spans_dropped_total").await > 0.0
         },
     )

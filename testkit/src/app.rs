@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub struct TestApp {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub pool: PgPool,
     pub topic: String,
     pub metrics: loms::metrics::Metrics,
@@ -25,6 +26,7 @@ pub fn settings(database_url: &str, topic: &str, relay: bool) -> Settings {
         Settings::load(&Overrides::default(), Some(Default::default())).expect("default settings");
     settings.grpc_addr = "127.0.0.1:0".into();
     settings.http_addr = "127.0.0.1:0".into();
+    settings.admin_addr = "127.0.0.1:0".into();
     settings.database.url = database_url.into();
     settings.kafka.brokers = crate::stack::brokers();
     settings.kafka.topic = topic.into();
@@ -56,7 +58,8 @@ impl TestApp {
         let app = Application::build(settings)
             .await
             .expect("build the application");
-        let (grpc, http, metrics) = (app.grpc_addr(), app.http_addr(), app.metrics());
+        let (grpc, http, admin) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
+        let metrics = app.metrics();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));
         let pool = PgPool::connect(database_url)
@@ -65,6 +68,7 @@ impl TestApp {
         Self {
             grpc,
             http,
+            admin,
             pool,
             topic,
             metrics,

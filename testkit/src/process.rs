@@ -231,6 +231,7 @@ pub struct LomsOptions {
     pub relay: bool,
     pub grpc: String,
     pub http: String,
+    pub admin: String,
     pub log: PathBuf,
     /// Further `LOMS_*` variables.
     pub env: Vec<(String, String)>,
@@ -247,6 +248,7 @@ impl LomsOptions {
             relay: true,
             grpc: free_address(),
             http: free_address(),
+            admin: free_address(),
             log: temp_log("loms"),
             env: Vec::new(),
             through_pipe: false,
@@ -283,6 +285,8 @@ pub struct LomsProcess {
     pub process: Process,
     pub grpc: String,
     pub http: String,
+    /// Metrics and probes.
+    pub admin: String,
     options: LomsOptions,
 }
 
@@ -293,6 +297,7 @@ impl LomsProcess {
         command
             .env("LOMS_GRPC_ADDR", &options.grpc)
             .env("LOMS_HTTP_ADDR", &options.http)
+            .env("LOMS_ADMIN_ADDR", &options.admin)
             .env("LOMS_DATABASE__URL", &options.database_url)
             .env("LOMS_KAFKA__BROKERS", crate::stack::brokers())
             .env("LOMS_KAFKA__TOPIC", &options.topic)
@@ -302,6 +307,7 @@ impl LomsProcess {
             process: Process::spawn(command, &options.log, options.through_pipe),
             grpc: options.grpc.clone(),
             http: options.http.clone(),
+            admin: options.admin.clone(),
             options,
         };
         loms.wait_serving().await;
@@ -327,6 +333,7 @@ impl LomsProcess {
         self.process.kill();
         wait_port_free(&self.grpc).await;
         wait_port_free(&self.http).await;
+        wait_port_free(&self.admin).await;
         *self = Self::start(self.options.clone()).await;
     }
 
@@ -342,7 +349,7 @@ impl LomsProcess {
 
     /// Whether its relay holds the leader lock, from its metrics.
     pub async fn is_relay_leader(&self) -> bool {
-        relay_leader(&self.http).await
+        relay_leader(&self.admin).await
     }
 }
 
@@ -367,9 +374,9 @@ pub async fn health_status(grpc: &str) -> Option<bool> {
     Some(reply.get_ref().status == ServingStatus::Serving as i32)
 }
 
-/// The relay-leader probe: whether the loms serving HTTP on `http` holds the relay lock.
-pub async fn relay_leader(http: &str) -> bool {
-    let Ok(reply) = reqwest::get(format!("http://{http}/metrics")).await else {
+/// The relay-leader probe: whether the loms whose admin listener is `admin` holds the relay lock.
+pub async fn relay_leader(admin: &str) -> bool {
+    let Ok(reply) = reqwest::get(format!("http://{admin}/metrics")).await else {
         return false;
     };
     reply
@@ -380,10 +387,10 @@ pub async fn relay_leader(http: &str) -> bool {
         .any(|l| l == "loms_relay_leader 1")
 }
 
-/// Indexes of the replicas (by HTTP address) whose relay leads.
-pub async fn relay_leaders(http: &[String]) -> Vec<usize> {
+/// Indexes of the replicas (by admin address) whose relay leads.
+pub async fn relay_leaders(admin: &[String]) -> Vec<usize> {
     let mut leaders = Vec::new();
-    for (i, address) in http.iter().enumerate() {
+    for (i, address) in admin.iter().enumerate() {
         if relay_leader(address).await {
             leaders.push(i);
         }

@@ -12,7 +12,7 @@ mod pipeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 use service_runtime::Backoff;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Notify;
@@ -30,6 +30,20 @@ pub struct Relay {
     pub metrics: Metrics,
     /// Signalled after each commit that wrote events.
     pub wake: Arc<Notify>,
+}
+
+/// How often librdkafka reports the producer's queue to the metrics.
+const STATISTICS_INTERVAL_MS: u32 = 5_000;
+
+/// Reads the producer's queue from librdkafka's statistics into the metrics.
+pub struct ProducerStats(Metrics);
+
+impl ClientContext for ProducerStats {
+    fn stats(&self, statistics: Statistics) {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.0
+            .set_producer_queue(as_i64(statistics.msg_cnt), as_i64(statistics.msg_size));
+    }
 }
 
 /// Messages the producer may hold queued: far more than a batch, so enqueueing never fails.
@@ -54,6 +68,7 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
             "queue.buffering.max.messages",
             PRODUCER_QUEUE_MESSAGES.to_string(),
         ),
+        ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
     ];
     service_runtime::kafka::client_config(
         &kafka.brokers,
@@ -73,6 +88,7 @@ impl Relay {
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "relay: stopped, will retry");
                     self.metrics.set_leader(false);
+                    self.metrics.relay_failure();
                     // Long enough for a follower's poll to find the lock free first.
                     let pause = backoff.advance().max(2 * FOLLOWER_POLL_MIN);
                     tokio::select! {

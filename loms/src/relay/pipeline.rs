@@ -30,7 +30,7 @@ use service_runtime::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use super::leadership::Leader;
-use super::Relay;
+use super::{ProducerStats, Relay};
 use crate::metrics::Metrics;
 use crate::outbox::store::{self, Row};
 
@@ -89,7 +89,7 @@ struct Failure {
 
 pub struct Pipeline<'r> {
     relay: &'r Relay,
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerStats>,
     in_flight: VecDeque<Batch>,
     done: Acknowledged,
     mode: Mode,
@@ -387,10 +387,10 @@ impl<'r> Pipeline<'r> {
     }
 }
 
-fn producer(relay: &Relay) -> anyhow::Result<FutureProducer> {
+fn producer(relay: &Relay) -> anyhow::Result<FutureProducer<ProducerStats>> {
     use anyhow::Context;
     super::producer_config(&relay.kafka)
-        .create()
+        .create_with_context(ProducerStats(relay.metrics.clone()))
         .context("relay: creating the producer")
 }
 
@@ -424,7 +424,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn send(producer: &FutureProducer, rows: Vec<Row>, read_at: Instant) -> Self {
+    fn send(producer: &FutureProducer<ProducerStats>, rows: Vec<Row>, read_at: Instant) -> Self {
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut spans = Vec::with_capacity(rows.len());
         let mut enqueue_error = None;

@@ -125,7 +125,7 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
     // the consumer's first requests find their brokers; the figures are of the steady state.
     let warm_up = send(&client, WARM_UP_SECS * rate, rate).await;
     logged_by(&notifier, &warm_up).await;
-    let stages_before = scrape_stages(&loms.http, &metrics).await;
+    let stages_before = scrape_stages(&loms.admin, &metrics).await;
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
     let before = cpu::sample(pids.0, pids.1);
     let replies = send(&client, secs * rate, rate).await;
@@ -144,7 +144,7 @@ pub async fn run(secs: u64, rate: u64) -> E2e {
     overall_ms.sort_by(f64::total_cmp);
     sampling.cancel();
     let outbox = sampler.await.expect("the outbox sampler");
-    let stages = scrape_stages(&loms.http, &metrics)
+    let stages = scrape_stages(&loms.admin, &metrics)
         .await
         .into_iter()
         .zip(stages_before)

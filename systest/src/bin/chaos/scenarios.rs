@@ -194,10 +194,10 @@ async fn postgres_outage(f: Fault) {
 /// Of two replicas, the index of the one whose relay leads, once one does; the workload is
 /// moved to the other.
 async fn leader_of_two(f: &Fault, run: &Run) -> usize {
-    let http: Vec<String> = run.loms.iter().map(|l| l.http.clone()).collect();
+    let admin: Vec<String> = run.loms.iter().map(|l| l.admin.clone()).collect();
     let leaders = Mutex::new(Vec::new());
     testkit::eventually("a relay leads", Duration::from_secs(100), || async {
-        let found = testkit::process::relay_leaders(&http).await;
+        let found = testkit::process::relay_leaders(&admin).await;
         let any = !found.is_empty();
         *leaders.lock().unwrap() = found;
         any
@@ -387,9 +387,9 @@ async fn rolling_restart(f: Fault) {
 /// while OrderCreate goes on and the outbox grows; then one node back, and everything drains.
 async fn min_isr_loss(f: Fault) {
     tokio::time::sleep(WARM_UP).await;
-    let (db, http) = {
+    let (db, admin) = {
         let run = f.run.lock().await;
-        (run.db.clone(), run.loms[0].http.clone())
+        (run.db.clone(), run.loms[0].admin.clone())
     };
     let pool = sqlx::PgPool::connect(&db).await.expect("connect");
     f.begin();
@@ -398,11 +398,11 @@ async fn min_isr_loss(f: Fault) {
     // What was in flight when the nodes went has failed or landed by now.
     tokio::time::sleep(f.secs(12, 20)).await;
     let (acked, backlog) = (
-        published(&http).await,
+        published(&admin).await,
         testkit::db::outbox_rows(&pool).await,
     );
     tokio::time::sleep(f.secs(8, 20)).await;
-    let published_while_short = published(&http).await - acked;
+    let published_while_short = published(&admin).await - acked;
     let backlog_growth = testkit::db::outbox_rows(&pool).await - backlog;
     f.note(
         "published_while_short_of_replicas",
@@ -416,9 +416,10 @@ async fn min_isr_loss(f: Fault) {
     f.end();
 }
 
-/// Events the relay of the loms serving HTTP on `http` has seen acknowledged, from its metrics.
-async fn published(http: &str) -> i64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+/// Events the relay of the loms whose admin listener is `admin` has seen acknowledged, from its
+/// metrics.
+async fn published(admin: &str) -> i64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .expect("scrape loms")
         .text()
