@@ -26,11 +26,6 @@ struct MethodLabel {
     method: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: &'static str,
-}
-
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Clone)]
@@ -67,7 +62,8 @@ struct RelayMetrics {
 /// The request pool's connections, read from the pool itself at each scrape.
 struct PoolMetrics {
     pool: OnceLock<PgPool>,
-    connections: Family<StateLabel, Gauge>,
+    in_use: Gauge,
+    idle: Gauge,
     max: Gauge,
 }
 
@@ -118,15 +114,18 @@ impl RelayMetrics {
 
 impl PoolMetrics {
     fn register(r: &mut Registry) -> Self {
-        let connections = Family::<StateLabel, Gauge>::default();
-        r.register(
-            "loms_db_pool_connections",
-            "The request pool's open connections, idle or in use.",
-            connections.clone(),
-        );
         Self {
             pool: OnceLock::new(),
-            connections,
+            in_use: gauge(
+                r,
+                "loms_db_pool_connections_in_use",
+                "The request pool's connections serving a request now.",
+            ),
+            idle: gauge(
+                r,
+                "loms_db_pool_connections_idle",
+                "The request pool's open connections waiting for a request.",
+            ),
             max: gauge(
                 r,
                 "loms_db_pool_max_connections",
@@ -140,9 +139,8 @@ impl PoolMetrics {
             return;
         };
         let (open, idle) = (i64::from(pool.size()), pool.num_idle() as i64);
-        let set = |state, n| self.connections.get_or_create(&StateLabel { state }).set(n);
-        set("idle", idle);
-        set("in_use", (open - idle).max(0));
+        self.idle.set(idle);
+        self.in_use.set((open - idle).max(0));
         self.max
             .set(i64::from(pool.options().get_max_connections()));
     }

@@ -561,8 +561,8 @@ async fn metrics_and_probes_are_on_the_admin_listener_only() {
     let (_, metrics) = get(app.admin, "/metrics").await;
     for line in [
         "loms_db_pool_max_connections 32",
-        "loms_db_pool_connections{state=\"idle\"}",
-        "loms_db_pool_connections{state=\"in_use\"}",
+        "loms_db_pool_connections_idle ",
+        "loms_db_pool_connections_in_use ",
         "loms_relay_consecutive_failures 0",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");

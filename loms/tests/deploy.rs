@@ -86,6 +86,7 @@ fn topology() {
     assert_eq!(
         names,
         [
+            "grafana",
             "jaeger",
             "kafka",
             "kafka-init",
