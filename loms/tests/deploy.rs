@@ -38,23 +38,50 @@ fn compose_files_follow_the_compose_specification() {
     }
 }
 
-/// The three-node file: three KRaft nodes in one quorum, the topic replicated three times with
-/// two in-sync replicas required, and every client pointed at all three nodes.
+/// The replicated file: three brokers and three KRaft controllers, the topic replicated three
+/// times with two in-sync replicas required, and every client pointed at all three brokers.
+/// Every broker depends on every controller, so that compose stops the brokers first (each
+/// controlled shutdown approved by a quorum still there) and the controllers after them.
 #[test]
 fn replicated_topology() {
     let c = compose::compose_file(compose::FILES[1]);
     let nodes = ["kafka", "kafka-2", "kafka-3"];
+    let controllers = [
+        "kafka-controller-1",
+        "kafka-controller-2",
+        "kafka-controller-3",
+    ];
+    let voters =
+        "101@kafka-controller-1:9093,102@kafka-controller-2:9093,103@kafka-controller-3:9093";
     let all = "kafka:29092,kafka-2:29092,kafka-3:29092";
+    let cluster = environment(&c, "kafka")["CLUSTER_ID"].clone();
+    for (i, controller) in controllers.iter().enumerate() {
+        let env = environment(&c, controller);
+        assert_eq!(env["KAFKA_NODE_ID"], (101 + i).to_string(), "{controller}");
+        assert_eq!(env["KAFKA_PROCESS_ROLES"], "controller");
+        assert_eq!(env["KAFKA_CONTROLLER_QUORUM_VOTERS"], voters);
+        assert_eq!(env["CLUSTER_ID"], cluster);
+        // The image refuses to start a controller that advertises listeners.
+        assert!(
+            !env.contains_key("KAFKA_ADVERTISED_LISTENERS"),
+            "{controller}"
+        );
+    }
     for (i, node) in nodes.iter().enumerate() {
         let env = environment(&c, node);
         assert_eq!(env["KAFKA_NODE_ID"], (i + 1).to_string(), "{node}");
-        assert_eq!(
-            env["KAFKA_CONTROLLER_QUORUM_VOTERS"],
-            "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
-        );
+        assert_eq!(env["KAFKA_PROCESS_ROLES"], "broker");
+        assert_eq!(env["KAFKA_CONTROLLER_QUORUM_VOTERS"], voters);
+        assert_eq!(env["CLUSTER_ID"], cluster);
         assert!(env["KAFKA_ADVERTISED_LISTENERS"].contains(&format!("{node}:29092")));
         assert_eq!(env["KAFKA_MIN_INSYNC_REPLICAS"], "2");
         assert_eq!(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], "3");
+        for controller in controllers {
+            assert_eq!(
+                c["services"][node]["depends_on"][controller]["condition"], "service_healthy",
+                "{node} after {controller}"
+            );
+        }
         assert_eq!(
             c["services"]["kafka-init"]["depends_on"][node]["condition"],
             "service_healthy"
