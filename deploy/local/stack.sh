@@ -299,7 +299,10 @@ node_wait() { # node, signal it got, seconds before SIGKILL
   if [ -n "$pid" ]; then
     local deadline=$((SECONDS + $3))
     while kill -0 "$pid" 2>/dev/null; do
-      if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+      if [ "$SECONDS" -ge "$deadline" ] && kill -0 "$pid" 2>/dev/null; then
+        log "Kafka node $n did not stop within $3 s; killed"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
       sleep 0.2
     done
     if [ "$KAFKA_NODES" = 1 ]; then log "Kafka stopped ($2)"; else log "Kafka node $n stopped ($2)"; fi
