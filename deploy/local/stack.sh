@@ -302,6 +302,7 @@ node_wait() { # node, signal it got, seconds before SIGKILL
       if [ "$SECONDS" -ge "$deadline" ] && kill -0 "$pid" 2>/dev/null; then
         log "Kafka node $n did not stop within $3 s; killed"
         kill -KILL "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 3600)) # said once
       fi
       sleep 0.2
     done
