@@ -11,6 +11,8 @@
 #   MIN_INSYNC_REPLICAS  default 1 (2 on a three-node cluster): with acks=all, a write is
 #                        refused unless this many replicas have it
 #   INIT_WAIT_SECONDS    how long to wait for the broker (default 120)
+#   KAFKA_COMMAND_CONFIG a client properties file for the tool (SASL_SSL: security.protocol,
+#                        sasl.mechanism, sasl.jaas.config, the truststore); none in plaintext
 #
 # Idempotent: an existing topic is kept; one with another partition count or replication
 # factor is an error.
@@ -25,7 +27,10 @@ else
   topics_cmd=(/opt/kafka/bin/kafka-topics.sh)
 fi
 
-topics() { "${topics_cmd[@]}" --bootstrap-server "$bootstrap" "$@"; }
+command_config=()
+if [ -n "${KAFKA_COMMAND_CONFIG:-}" ]; then command_config=(--command-config "$KAFKA_COMMAND_CONFIG"); fi
+
+topics() { "${topics_cmd[@]}" --bootstrap-server "$bootstrap" "${command_config[@]}" "$@"; }
 
 deadline=$((SECONDS + ${INIT_WAIT_SECONDS:-120}))
 until topics --list >/dev/null 2>&1; do

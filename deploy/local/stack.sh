@@ -22,6 +22,14 @@
 #   KAFKA_LIBS_CACHE       where the jars are kept (default ~/.cache/loms-stack/kafka-<version>)
 #   KAFKA_JVM_OPTS         more options for the broker JVMs (default -XX:TieredStopAtLevel=1:
 #                          the quick JIT only; set it empty for the JVM's default)
+#   KAFKA_SECURITY         plaintext (default) or sasl_ssl: the brokers' only client listener is
+#                          SASL_SSL (SCRAM-SHA-512 users `admin`, for the brokers and the tools,
+#                          and `loms`, for the services, created when the nodes are formatted;
+#                          certificates from the stack's own CA); env prints the settings
+#   PG_TLS                 0 (default) or 1: PostgreSQL accepts TLS connections only, from
+#                          clients with a certificate of the stack's CA (CN postgres); env
+#                          prints DATABASE_URL with sslmode=verify-full and those files
+#   Both are remembered by the stack (STACK_DIR/security) for its later commands.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,7 +65,27 @@ PG_DB=loms
 
 pg_dir=$STACK_DIR/postgres
 kafka_dir=$STACK_DIR/kafka
+tls_dir=$STACK_DIR/tls
 libs=$KAFKA_LIBS_CACHE/libs
+
+# A stack keeps the security it was made with.
+if [ -f "$STACK_DIR/security" ]; then
+  saved_kafka=$(sed -n 's/^KAFKA_SECURITY=//p' "$STACK_DIR/security")
+  saved_pg=$(sed -n 's/^PG_TLS=//p' "$STACK_DIR/security")
+  KAFKA_SECURITY=${KAFKA_SECURITY:-$saved_kafka}
+  PG_TLS=${PG_TLS:-$saved_pg}
+fi
+KAFKA_SECURITY=${KAFKA_SECURITY:-plaintext}
+PG_TLS=${PG_TLS:-0}
+case "$KAFKA_SECURITY" in
+  plaintext | sasl_ssl) ;;
+  *) echo "stack: KAFKA_SECURITY must be plaintext or sasl_ssl, not $KAFKA_SECURITY" >&2; exit 2 ;;
+esac
+case "$PG_TLS" in
+  0 | 1) ;;
+  *) echo "stack: PG_TLS must be 0 or 1, not $PG_TLS" >&2; exit 2 ;;
+esac
+SASL_MECHANISM=SCRAM-SHA-512
 
 log() { echo "stack: $*" >&2; }
 fail_with_log() { # message, log file
@@ -83,7 +111,66 @@ bootstrap() {
   (IFS=,; echo "${out[*]}")
 }
 
-psql_stack() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+psql_stack() {
+  if [ "$PG_TLS" = 1 ]; then
+    PGSSLMODE=verify-full PGSSLROOTCERT=$tls_dir/ca.pem PGSSLCERT=$tls_dir/client.pem PGSSLKEY=$tls_dir/client.key \
+      psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"
+  else
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"
+  fi
+}
+
+# The stack's own CA, a server certificate for 127.0.0.1 and localhost (the brokers' and
+# PostgreSQL's), and a client certificate (CN postgres), all ECDSA P-256, valid for 30 days.
+tls_init() {
+  if [ -f "$tls_dir/.complete" ]; then return 0; fi
+  command -v openssl >/dev/null || { log "openssl is needed for KAFKA_SECURITY=sasl_ssl and PG_TLS=1"; exit 1; }
+  mkdir -p "$tls_dir"
+  local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${key[@]}" -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" -days 30 \
+    -subj "/CN=loms local stack CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>"$tls_dir/openssl.log"
+  tls_sign() { # name, subject, extensions
+    openssl req "${key[@]}" -keyout "$tls_dir/$1.key" -out "$tls_dir/$1.csr" -subj "$2" 2>>"$tls_dir/openssl.log"
+    openssl x509 -req -in "$tls_dir/$1.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" -CAcreateserial \
+      -days 30 -out "$tls_dir/$1.pem" -extfile <(printf '%b\n' "$3") 2>>"$tls_dir/openssl.log"
+  }
+  tls_sign server "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+  tls_sign client "/CN=postgres" "extendedKeyUsage=clientAuth"
+  chmod 600 "$tls_dir"/*.key
+  # Kafka's PEM keystore: the private key, then its certificate.
+  cat "$tls_dir/server.key" "$tls_dir/server.pem" >"$tls_dir/kafka-keystore.pem"
+  chmod 600 "$tls_dir/kafka-keystore.pem"
+  touch "$tls_dir/.complete"
+}
+
+# The SASL password of a stack user (`admin` or `loms`), made once.
+sasl_password() {
+  local file=$kafka_dir/sasl/$1.password
+  if [ ! -f "$file" ]; then
+    mkdir -p "$kafka_dir/sasl"
+    python3 -c 'import secrets; print(secrets.token_urlsafe(18))' >"$file"
+    chmod 600 "$file"
+  fi
+  cat "$file"
+}
+
+scram_jaas() { # user
+  echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$1\" password=\"$(sasl_password "$1")\";"
+}
+
+# What the tools (kafka-init, the readiness probe) connect with: nothing in plaintext mode.
+tools_config() {
+  if [ "$KAFKA_SECURITY" = plaintext ]; then return 0; fi
+  cat >"$kafka_dir/tools.properties" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=$SASL_MECHANISM
+sasl.jaas.config=$(scram_jaas admin)
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls_dir/ca.pem
+PROPS
+  echo "$kafka_dir/tools.properties"
+}
 
 pg_start() {
   if pg_running; then return 0; fi
@@ -93,9 +180,25 @@ pg_start() {
     as_pg "$PG_BIN/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >"$pg_dir/initdb.log" 2>&1 ||
       fail_with_log "initdb failed" "$pg_dir/initdb.log"
   fi
+  local tls_options=""
+  if [ "$PG_TLS" = 1 ]; then
+    tls_init
+    # The server's own copies: its key must belong to the user it runs as.
+    cp "$tls_dir/server.pem" "$tls_dir/ca.pem" "$pg_dir/"
+    cp "$tls_dir/server.key" "$pg_dir/server.key"
+    chmod 600 "$pg_dir/server.key"
+    [ "$(id -u)" = 0 ] && chown postgres "$pg_dir/server.pem" "$pg_dir/server.key" "$pg_dir/ca.pem"
+    # TCP only with TLS and a client certificate of the stack's CA whose CN is the user.
+    as_pg tee "$pg_dir/data/pg_hba.conf" >/dev/null <<HBA
+local all all trust
+hostssl all all 127.0.0.1/32 trust clientcert=verify-full
+hostnossl all all 0.0.0.0/0 reject
+HBA
+    tls_options="-c ssl=on -c ssl_cert_file=$pg_dir/server.pem -c ssl_key_file=$pg_dir/server.key -c ssl_ca_file=$pg_dir/ca.pem"
+  fi
   # Sockets in the state folder, so that several stacks never share /var/run/postgresql.
   as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on}" \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on} $tls_options" \
     start >/dev/null || fail_with_log "PostgreSQL did not start" "$pg_dir/postgres.log"
   local deadline=$((SECONDS + 60))
   until psql_stack -d postgres -c 'select 1' >/dev/null 2>&1; do
@@ -153,15 +256,29 @@ write_configs() { # node
   dir=$(node_dir "$n")
   for i in $(nodes); do voters+="${voters:+,}$i@127.0.0.1:${controller_ports[$((i - 1))]}"; done
   mkdir -p "$dir/data" "$dir/logs"
+  local listener=PLAINTEXT security=""
+  if [ "$KAFKA_SECURITY" = sasl_ssl ]; then
+    listener=SASL_SSL
+    # The controllers' listener stays on loopback in plaintext; brokers and clients meet on
+    # SASL_SSL only, the brokers among themselves as `admin`.
+    security="sasl.enabled.mechanisms=$SASL_MECHANISM
+sasl.mechanism.inter.broker.protocol=$SASL_MECHANISM
+listener.name.sasl_ssl.$(tr 'A-Z' 'a-z' <<<"$SASL_MECHANISM").sasl.jaas.config=$(scram_jaas admin)
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls_dir/kafka-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls_dir/ca.pem"
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:${broker_ports[$((n - 1))]},CONTROLLER://127.0.0.1:${controller_ports[$((n - 1))]}
-advertised.listeners=PLAINTEXT://127.0.0.1:${broker_ports[$((n - 1))]}
-inter.broker.listener.name=PLAINTEXT
+listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]},CONTROLLER://127.0.0.1:${controller_ports[$((n - 1))]}
+advertised.listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]}
+inter.broker.listener.name=$listener
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$listener:$listener
+$security
 log.dirs=$dir/data
 num.partitions=1
 default.replication.factor=$REPLICATION
@@ -222,10 +339,16 @@ node_start() { # node
   local n=$1 dir
   if node_running "$n"; then return 0; fi
   dir=$(node_dir "$n")
+  if [ "$KAFKA_SECURITY" = sasl_ssl ]; then tls_init; fi
   write_configs "$n"
   if [ ! -f "$dir/data/meta.properties" ]; then
+    local users=()
+    if [ "$KAFKA_SECURITY" = sasl_ssl ]; then
+      users=(--add-scram "$SASL_MECHANISM=[name=admin,password=$(sasl_password admin)]"
+        --add-scram "$SASL_MECHANISM=[name=loms,password=$(sasl_password loms)]")
+    fi
     java -cp "$libs/*" -Dlog4j2.configurationFile="$kafka_dir/tools-log4j2.properties" kafka.tools.StorageTool \
-      format -t "$(cluster_id)" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+      format -t "$(cluster_id)" -c "$dir/server.properties" "${users[@]}" >"$dir/format.log" 2>&1 ||
       fail_with_log "formatting the KRaft log folder of node $n failed" "$dir/format.log"
   fi
   # setsid: the node outlives this script, in a session of its own, and ignores the caller's
@@ -271,8 +394,11 @@ kafka_start() {
 # Waits until node `$1` answers a request (its API versions), not just opens its port.
 node_ready() {
   local n=$1 deadline=$((SECONDS + ${KAFKA_WAIT_SECONDS:-120}))
+  local config=() file
+  file=$(tools_config)
+  if [ -n "$file" ]; then config=(--command-config "$file"); fi
   until kafka_tool org.apache.kafka.tools.BrokerApiVersionsCommand \
-    --bootstrap-server "127.0.0.1:${broker_ports[$((n - 1))]}" >/dev/null 2>&1; do
+    --bootstrap-server "127.0.0.1:${broker_ports[$((n - 1))]}" "${config[@]}" >/dev/null 2>&1; do
     node_running "$n" || fail_with_log "Kafka node $n exited" "$(node_dir "$n")/logs/server.log"
     [ "$SECONDS" -lt "$deadline" ] || fail_with_log "Kafka node $n does not answer" "$(node_dir "$n")/logs/server.log"
     sleep 1
@@ -283,6 +409,7 @@ node_ready() {
 # deploy/kafka-init.sh, the compose file's init step, with the tools of the cached jars.
 kafka_init() {
   KAFKA_BOOTSTRAP=$(bootstrap) REPLICATION_FACTOR=$REPLICATION MIN_INSYNC_REPLICAS=$MIN_ISR \
+    KAFKA_COMMAND_CONFIG=$(tools_config) \
     KAFKA_TOPICS_CMD="java -Xmx256m -Dlog4j2.configurationFile=$kafka_dir/tools-log4j2.properties -cp $libs/* org.apache.kafka.tools.TopicCommand" \
     "$here/../kafka-init.sh"
 }
@@ -326,12 +453,21 @@ kafka_freeze() { local n; for n in ${1:-$(nodes)}; do node_signal "$n" STOP; don
 kafka_thaw() { local n; for n in ${1:-$(nodes)}; do node_signal "$n" CONT; done; }
 kafka_kill() { kafka_signal KILL "${1:-}"; }
 
+# KEY='value' lines, for `eval` (or `set -a; . file`): the URL's `&` must not end a command.
 print_env() {
-  echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
-  echo "KAFKA_BROKERS=$(bootstrap)"
-  echo "KAFKA_NODES=$KAFKA_NODES"
-  echo "KAFKA_REPLICATION=$REPLICATION"
-  echo "STACK_DIR=$STACK_DIR"
+  local url="postgres://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+  if [ "$PG_TLS" = 1 ]; then
+    url+="?sslmode=verify-full&sslrootcert=$tls_dir/ca.pem&sslcert=$tls_dir/client.pem&sslkey=$tls_dir/client.key"
+  fi
+  local lines=("DATABASE_URL=$url" "KAFKA_BROKERS=$(bootstrap)")
+  if [ "$KAFKA_SECURITY" = sasl_ssl ]; then
+    lines+=("KAFKA_SECURITY_PROTOCOL=SASL_SSL" "KAFKA_SASL_MECHANISM=$SASL_MECHANISM"
+      "KAFKA_SASL_USERNAME=loms" "KAFKA_SASL_PASSWORD=$(sasl_password loms)"
+      "KAFKA_CA_LOCATION=$tls_dir/ca.pem")
+  fi
+  lines+=("KAFKA_NODES=$KAFKA_NODES" "KAFKA_REPLICATION=$REPLICATION" "STACK_DIR=$STACK_DIR")
+  local line
+  for line in "${lines[@]}"; do printf "%s='%s'\n" "${line%%=*}" "${line#*=}"; done
 }
 
 status() {
@@ -347,6 +483,7 @@ status() {
 mkdir -p "$STACK_DIR"
 case "${1:-}" in
   up)
+    printf 'KAFKA_SECURITY=%s\nPG_TLS=%s\n' "$KAFKA_SECURITY" "$PG_TLS" >"$STACK_DIR/security"
     pg_start
     kafka_start
     ;;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use service_runtime::kafka::Properties;
+use service_runtime::kafka::{Properties, Security};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,7 +72,10 @@ pub struct KafkaSettings {
     /// would be larger is refused as InvalidArgument. Below librdkafka's and the broker's
     /// default limits (1,000,000 and 1,048,588 bytes).
     pub max_event_bytes: usize,
-    /// Extra librdkafka properties (SASL, TLS, tuning), passed through as they are.
+    /// TLS and SASL: `[kafka.security]`.
+    pub security: Security,
+    /// Extra librdkafka properties (tuning, or any security setting not named in
+    /// `[kafka.security]`), passed through as they are, last.
     #[serde(serialize_with = "service_runtime::secret::serialize_map")]
     pub properties: Properties,
 }
@@ -155,6 +158,7 @@ impl Default for KafkaSettings {
             client_id: "loms".into(),
             message_timeout_ms: 0,
             max_event_bytes: 900_000,
+            security: Security::default(),
             properties: Properties::new(),
         }
     }

@@ -143,7 +143,7 @@ impl Application {
         // setting librdkafka refuses fails the start with its reason, not a relay loop.
         if settings.relay.enabled {
             let checked: rdkafka::producer::BaseProducer =
-                crate::relay::producer_config(&settings.kafka)
+                crate::relay::producer_config(&settings.kafka)?
                     .create()
                     .context("the Kafka producer cannot be built from kafka settings")?;
             drop(checked);

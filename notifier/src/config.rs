@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use service_runtime::kafka::Properties;
+use service_runtime::kafka::{Properties, Security};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,7 +32,10 @@ pub struct KafkaSettings {
     pub group_id: String,
     pub dlq_topic: String,
     pub client_id: String,
-    /// Extra librdkafka properties (SASL, TLS, timeouts), passed through as they are.
+    /// TLS and SASL: `[kafka.security]`.
+    pub security: Security,
+    /// Extra librdkafka properties (timeouts, or any security setting not named in
+    /// `[kafka.security]`), passed through as they are, last.
     #[serde(serialize_with = "service_runtime::secret::serialize_map")]
     pub properties: Properties,
     /// A crashed member's partitions move after this long; a clean stop hands them over at once.
@@ -62,6 +65,7 @@ impl Default for KafkaSettings {
             group_id: "notifier".into(),
             dlq_topic: format!("{}.dlq", events_proto::TOPIC),
             client_id: "notifier".into(),
+            security: Security::default(),
             properties: Properties::new(),
             session_timeout_ms: 10_000,
         }

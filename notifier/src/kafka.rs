@@ -135,12 +135,18 @@ pub fn consumer(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupC
         ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string()),
         ("statistics.interval.ms", statistics.to_string()),
     ];
-    let consumer: GroupConsumer =
-        service_runtime::kafka::client_config(&k.brokers, &k.client_id, defaults, &k.properties)
-            .create_with_context(GroupContext {
-                metrics: metrics.clone(),
-            })
-            .context("creating the consumer")?;
+    let consumer: GroupConsumer = service_runtime::kafka::client_config(
+        &k.brokers,
+        &k.client_id,
+        defaults,
+        &k.security,
+        &k.properties,
+    )
+    .map_err(anyhow::Error::msg)?
+    .create_with_context(GroupContext {
+        metrics: metrics.clone(),
+    })
+    .context("creating the consumer")?;
     consumer.subscribe(&[&k.topic]).context("subscribing")?;
     Ok(consumer)
 }
@@ -156,8 +162,10 @@ pub fn dead_letter_producer(settings: &Settings) -> anyhow::Result<FutureProduce
         &k.brokers,
         &format!("{}-dlq", k.client_id),
         defaults,
+        &k.security,
         &k.properties,
     )
+    .map_err(anyhow::Error::msg)?
     .create()
     .context("creating the dead-letter producer")
 }

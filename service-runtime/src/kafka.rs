@@ -3,9 +3,11 @@
 //! applied last, so an operator can override any default a service sets.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use rdkafka::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 /// Pass-through librdkafka properties; values may be secrets and are never printed.
 pub type Properties = BTreeMap<String, SecretString>;
@@ -22,14 +24,86 @@ pub const FAILOVER: [(&str, &str); 2] = [
     ("topic.metadata.refresh.interval.ms", "5000"),
 ];
 
-/// A client configuration: brokers and client id, the failover settings, then the service's
-/// `defaults`, then the pass-through `properties`.
+/// How a client connects and authenticates: the settings users look for, each one librdkafka
+/// property (`[kafka.security]`, or `LOMS_KAFKA__SECURITY__PROTOCOL`, ...). Unset ones leave
+/// librdkafka's default (plaintext). Secrets are never printed; a password may also come from a
+/// file (a mounted secret), read when a client is created.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// `security.protocol`: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    pub protocol: Option<String>,
+    /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    pub sasl_username: Option<String>,
+    /// `sasl.password`.
+    #[serde(serialize_with = "crate::secret::serialize_option")]
+    pub sasl_password: Option<SecretString>,
+    /// A file holding `sasl.password` (trailing newline ignored); wins over `sasl_password`.
+    pub sasl_password_file: Option<PathBuf>,
+    /// `ssl.ca.location`: the CA certificates (PEM) the brokers' certificates must chain to;
+    /// the system's trust store when unset.
+    pub ca_location: Option<String>,
+    /// `ssl.certificate.location`: this client's certificate (PEM), for brokers that ask.
+    pub certificate_location: Option<String>,
+    /// `ssl.key.location`: its private key (PEM).
+    pub key_location: Option<String>,
+    /// `ssl.key.password`, when the key is encrypted.
+    #[serde(serialize_with = "crate::secret::serialize_option")]
+    pub key_password: Option<SecretString>,
+}
+
+impl Security {
+    /// The librdkafka properties these settings stand for.
+    pub fn properties(&self) -> Result<Vec<(&'static str, String)>, String> {
+        let password = match &self.sasl_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| {
+                        format!("kafka.security.sasl_password_file {}: {e}", path.display())
+                    })?,
+            ),
+            None => self
+                .sasl_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_string()),
+        };
+        let named = [
+            ("security.protocol", self.protocol.clone()),
+            ("sasl.mechanism", self.sasl_mechanism.clone()),
+            ("sasl.username", self.sasl_username.clone()),
+            ("sasl.password", password),
+            ("ssl.ca.location", self.ca_location.clone()),
+            (
+                "ssl.certificate.location",
+                self.certificate_location.clone(),
+            ),
+            ("ssl.key.location", self.key_location.clone()),
+            (
+                "ssl.key.password",
+                self.key_password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_string()),
+            ),
+        ];
+        Ok(named
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .collect())
+    }
+}
+
+/// A client configuration: brokers and client id, the failover settings, the service's
+/// `defaults`, the `security` settings, then the pass-through `properties`.
 pub fn client_config<'a>(
     brokers: &str,
     client_id: &str,
     defaults: impl IntoIterator<Item = (&'a str, String)>,
+    security: &Security,
     properties: &Properties,
-) -> ClientConfig {
+) -> Result<ClientConfig, String> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -40,10 +114,13 @@ pub fn client_config<'a>(
     for (key, value) in defaults {
         config.set(key, value);
     }
+    for (key, value) in security.properties()? {
+        config.set(key, value);
+    }
     for (key, value) in properties {
         config.set(key, value.expose_secret());
     }
-    config
+    Ok(config)
 }
 
 /// Adds a `KEY=VALUE` property given on the command line.
@@ -65,12 +142,62 @@ mod tests {
         add_property(&mut properties, "acks=1").unwrap();
         add_property(&mut properties, "sasl.password=hunter2").unwrap();
         assert!(add_property(&mut properties, "nonsense").is_err());
-        let config = client_config("b:9092", "me", [("acks", "all".to_string())], &properties);
+        let config = client_config(
+            "b:9092",
+            "me",
+            [("acks", "all".to_string())],
+            &Security::default(),
+            &properties,
+        )
+        .unwrap();
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(config.get("client.id"), Some("me"));
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
         assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
         assert!(!format!("{properties:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn security_settings_become_librdkafka_properties() {
+        let dir = std::env::temp_dir().join(format!("kafka-security-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let security = Security {
+            protocol: Some("SASL_SSL".into()),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some("loms".into()),
+            sasl_password: Some("inline".into()),
+            sasl_password_file: Some(file),
+            ca_location: Some("/ca.pem".into()),
+            ..Default::default()
+        };
+        let mut properties = Properties::new();
+        add_property(&mut properties, "ssl.ca.location=/other.pem").unwrap();
+        let config = client_config("b:9092", "me", [], &security, &properties).unwrap();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.username"), Some("loms"));
+        assert_eq!(
+            config.get("sasl.password"),
+            Some("from-the-file"),
+            "the file wins"
+        );
+        assert_eq!(
+            config.get("ssl.ca.location"),
+            Some("/other.pem"),
+            "pass-through last"
+        );
+        assert!(!format!("{security:?}").contains("inline"));
+        let missing = Security {
+            sasl_password_file: Some("/no/such/file".into()),
+            ..Default::default()
+        };
+        let error = client_config("b:9092", "me", [], &missing, &Properties::new()).unwrap_err();
+        assert!(
+            error.contains("sasl_password_file") && error.contains("/no/such/file"),
+            "{error}"
+        );
     }
 }

@@ -13,6 +13,16 @@ pub fn serialize<S: Serializer>(_: &SecretString, serializer: S) -> Result<S::Ok
     serializer.serialize_str(REDACTED)
 }
 
+pub fn serialize_option<S: Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_some(REDACTED),
+        None => serializer.serialize_none(),
+    }
+}
+
 pub fn serialize_map<S: Serializer>(
     map: &BTreeMap<String, SecretString>,
     serializer: S,

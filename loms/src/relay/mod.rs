@@ -54,7 +54,7 @@ const PRODUCER_QUEUE_MESSAGES: u32 = 1_000_000;
 /// good (`enable.gapless.guarantee` turns any error that could leave a gap into a fatal one), so
 /// an acknowledged later event never sits on the partition without the earlier one. Only a
 /// fatal or permanent error makes the relay resend from the outbox.
-pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
+pub fn producer_config(kafka: &KafkaSettings) -> anyhow::Result<ClientConfig> {
     let defaults = [
         ("enable.idempotence", "true".to_string()),
         ("enable.gapless.guarantee", "true".to_string()),
@@ -74,8 +74,10 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
         &kafka.brokers,
         &kafka.client_id,
         defaults,
+        &kafka.security,
         &kafka.properties,
     )
+    .map_err(anyhow::Error::msg)
 }
 
 impl Relay {

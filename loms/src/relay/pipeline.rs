@@ -389,7 +389,7 @@ impl<'r> Pipeline<'r> {
 
 fn producer(relay: &Relay) -> anyhow::Result<FutureProducer<ProducerStats>> {
     use anyhow::Context;
-    super::producer_config(&relay.kafka)
+    super::producer_config(&relay.kafka)?
         .create_with_context(ProducerStats(relay.metrics.clone()))
         .context("relay: creating the producer")
 }

@@ -33,6 +33,7 @@ pub async fn run(events: i64) -> (f64, f64, usize) {
         brokers: brokers(),
         ..Default::default()
     })
+    .unwrap()
     .create()
     .unwrap();
     let started = Instant::now();
