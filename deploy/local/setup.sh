@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the build need and this machine lacks: Java 17 and Maven
 # (the Kafka broker's jars come from Maven Central), PostgreSQL 15 server and client, cmake (to
-# build librdkafka), python3 (free ports), promtool (Debian's prometheus package: the alert
-# rules' tests); Rust and Go (1.24 or newer: the tests build Jaeger with it) it
+# build librdkafka), OpenSSL's headers and pkg-config (librdkafka's TLS and SASL), openssl (the
+# secure stack's certificates), python3 (free ports), promtool (Debian's prometheus package: the
+# alert rules' tests); Rust and Go (1.24 or newer: the tests build Jaeger with it) it
 # only checks, and only a missing Rust stops it. As root on Debian it installs them with apt; otherwise
 # it names the exact packages and the command, and fails. `make run`, `make test` and CI call it.
 set -euo pipefail
@@ -13,6 +14,9 @@ command -v mvn >/dev/null || need+=(maven)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v cmake >/dev/null || need+=(cmake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v promtool >/dev/null || need+=(prometheus) # promtool: the alert rules' tests
 

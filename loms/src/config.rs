@@ -56,6 +56,23 @@ pub struct DatabaseSettings {
     /// How long a migration waits for a lock before it gives up (it has no statement timeout:
     /// a long rewrite is allowed, waiting behind live traffic is not).
     pub migration_lock_timeout_ms: u64,
+    /// TLS to PostgreSQL, over what the URL says (`sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey` in the URL work as well).
+    pub tls: DatabaseTls,
+}
+
+/// libpq's TLS settings, by their libpq meaning.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseTls {
+    /// `disable`, `prefer` (the default), `require`, `verify-ca` or `verify-full`.
+    pub mode: Option<String>,
+    /// The CA certificates (PEM) the server's must chain to (`sslrootcert`).
+    pub root_cert: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that asks for one (`sslcert`).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM, `sslkey`).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -146,6 +163,7 @@ impl Default for DatabaseSettings {
             statement_timeout_ms: 10_000,
             migrate_on_start: true,
             migration_lock_timeout_ms: 5_000,
+            tls: DatabaseTls::default(),
         }
     }
 }

@@ -31,11 +31,26 @@ pub struct Application {
 }
 
 pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions> {
-    let options: PgConnectOptions = db
+    let mut options: PgConnectOptions = db
         .url
         .expose_secret()
         .parse()
         .context("database.url is not a PostgreSQL URL")?;
+    let tls = &db.tls;
+    if let Some(mode) = &tls.mode {
+        options = options.ssl_mode(mode.parse().map_err(|_| {
+            anyhow::anyhow!("database.tls.mode {mode:?}: not one of disable, allow, prefer, require, verify-ca, verify-full")
+        })?);
+    }
+    if let Some(root) = &tls.root_cert {
+        options = options.ssl_root_cert(root);
+    }
+    if let Some(cert) = &tls.cert {
+        options = options.ssl_client_cert(cert);
+    }
+    if let Some(key) = &tls.key {
+        options = options.ssl_client_key(key);
+    }
     // Keepalives and a user timeout on the server's side of every session: a client that
     // vanished without closing (a cut network, a frozen host) is dropped within about half a
     // minute, and with it its locks, the relay's advisory lock among them.
@@ -72,12 +87,45 @@ fn describe(options: &PgConnectOptions) -> String {
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
+/// Opens what `open` opens, retrying while the database cannot be reached (in compose it may
+/// still be starting), but not when it answered with a refusal a retry cannot change: TLS (a
+/// wrong CA or host name, a server without TLS) or authentication.
+async fn with_patience<T, F, Fut>(options: &PgConnectOptions, open: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, database = describe(options), "database not reachable yet, retrying");
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to {}", describe(options)))
+            }
+        }
+    }
+}
+
+fn retryable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => false,
+        // 28000 invalid authorization, 28P01 wrong password, 3D000 no such database.
+        sqlx::Error::Database(e) => {
+            !matches!(e.code().as_deref(), Some("28000" | "28P01" | "3D000"))
+        }
+        _ => true,
+    }
+}
+
 /// Connects, retrying for a while.
 pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let options = connect_options(db)?;
-    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-    loop {
-        let attempt = PgPoolOptions::new()
+    with_patience(&options, || {
+        PgPoolOptions::new()
             .max_connections(db.max_connections)
             // sqlx tests every connection it hands back to the pool with a round trip; a
             // second one before each use would make every query three round trips. A
@@ -85,18 +133,8 @@ pub async fn connect(db: &DatabaseSettings) -> anyhow::Result<PgPool> {
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(db.acquire_timeout_ms))
             .connect_with(options.clone())
-            .await;
-        match attempt {
-            Ok(pool) => return Ok(pool),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, database = describe(&options), "database not reachable yet, retrying");
-                tokio::time::sleep(CONNECT_RETRY).await;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("connecting to {}", describe(&options)))
-            }
-        }
-    }
+    })
+    .await
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -111,19 +149,7 @@ pub async fn migrate_safely(db: &DatabaseSettings) -> anyhow::Result<()> {
         ("statement_timeout", "0".to_string()),
         ("lock_timeout", db.migration_lock_timeout_ms.to_string()),
     ]);
-    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-    let mut conn = loop {
-        match sqlx::PgConnection::connect_with(&options).await {
-            Ok(conn) => break conn,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, database = describe(&options), "database not reachable yet, retrying");
-                tokio::time::sleep(CONNECT_RETRY).await;
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("connecting to {}", describe(&options)))
-            }
-        }
-    };
+    let mut conn = with_patience(&options, || sqlx::PgConnection::connect_with(&options)).await?;
     MIGRATOR
         .run(&mut conn)
         .await

@@ -45,3 +45,69 @@ pub fn target_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create the output folder");
     dir
 }
+
+/// A stack of a test's own, in its own folder on free ports, made with `settings` (such as
+/// `KAFKA_SECURITY=sasl_ssl`, `PG_TLS=1`): up when made, down (and its folder gone) when
+/// dropped. [`PrivateStack::var`] reads what its `stack.sh env` prints.
+pub struct PrivateStack {
+    pub dir: PathBuf,
+    vars: Vec<(String, String)>,
+    env: std::collections::BTreeMap<String, String>,
+}
+
+impl PrivateStack {
+    pub fn up(settings: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("loms-private-stack-{}", crate::unique()));
+        std::fs::create_dir_all(&dir).expect("create the stack folder");
+        // PostgreSQL runs as its own user when the tests run as root.
+        let _ = Command::new("chmod").arg("755").arg(&dir).status();
+        let port = || crate::process::free_port().to_string();
+        let mut vars: Vec<(String, String)> = vec![
+            ("STACK_DIR".into(), dir.to_string_lossy().into_owned()),
+            ("PG_PORT".into(), port()),
+            ("KAFKA_PORT".into(), port()),
+            ("KAFKA_CONTROLLER_PORT".into(), port()),
+            ("KAFKA_NODES".into(), "1".into()),
+        ];
+        vars.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut stack = Self {
+            dir,
+            vars,
+            env: Default::default(),
+        };
+        let up = stack.command("up").status().expect("run stack.sh up");
+        assert!(up.success(), "stack.sh up of a private stack failed");
+        let printed = stack.command("env").output().expect("run stack.sh env");
+        stack.env = String::from_utf8_lossy(&printed.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+            .collect();
+        stack
+    }
+
+    fn command(&self, command: &str) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(root().join("deploy/local/stack.sh"))
+            .arg(command)
+            // Only what this stack is made of: not the stack under test's.
+            .env_remove("KAFKA_PORTS")
+            .env_remove("KAFKA_CONTROLLER_PORTS")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// A line of its `stack.sh env` (`DATABASE_URL`, `KAFKA_BROKERS`, ...).
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the stack's env: {:?}", self.env.keys()))
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = self.command("down").status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -46,7 +46,13 @@ impl Toxiproxy {
 
     /// A proxy `name` to `upstream` (host:port); returns the address it listens on.
     pub async fn proxy(&self, name: &str, upstream: &str) -> String {
-        let listen = free_address();
+        self.proxy_at(name, &free_address(), upstream).await
+    }
+
+    /// A proxy `name` listening on `listen` (host:port; any loopback address, such as
+    /// 127.0.0.2, reaches a server on 127.0.0.1 under another name) to `upstream`.
+    pub async fn proxy_at(&self, name: &str, listen: &str, upstream: &str) -> String {
+        let listen = listen.to_string();
         let reply = self
             .http
             .post(format!("http://{}/proxies", self.api))
