@@ -120,29 +120,8 @@ psql_stack() {
   fi
 }
 
-# The stack's own CA, a server certificate for 127.0.0.1 and localhost (the brokers' and
-# PostgreSQL's), and a client certificate (CN postgres), all ECDSA P-256, valid for 30 days.
-tls_init() {
-  if [ -f "$tls_dir/.complete" ]; then return 0; fi
-  command -v openssl >/dev/null || { log "openssl is needed for KAFKA_SECURITY=sasl_ssl and PG_TLS=1"; exit 1; }
-  mkdir -p "$tls_dir"
-  local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-  openssl req -x509 "${key[@]}" -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" -days 30 \
-    -subj "/CN=loms local stack CA" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>"$tls_dir/openssl.log"
-  tls_sign() { # name, subject, extensions
-    openssl req "${key[@]}" -keyout "$tls_dir/$1.key" -out "$tls_dir/$1.csr" -subj "$2" 2>>"$tls_dir/openssl.log"
-    openssl x509 -req -in "$tls_dir/$1.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" -CAcreateserial \
-      -days 30 -out "$tls_dir/$1.pem" -extfile <(printf '%b\n' "$3") 2>>"$tls_dir/openssl.log"
-  }
-  tls_sign server "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"
-  tls_sign client "/CN=postgres" "extendedKeyUsage=clientAuth"
-  chmod 600 "$tls_dir"/*.key
-  # Kafka's PEM keystore: the private key, then its certificate.
-  cat "$tls_dir/server.key" "$tls_dir/server.pem" >"$tls_dir/kafka-keystore.pem"
-  chmod 600 "$tls_dir/kafka-keystore.pem"
-  touch "$tls_dir/.complete"
-}
+# The stack's own CA and certificates (certs.sh).
+tls_init() { "$here/certs.sh" "$tls_dir"; }
 
 # The SASL password of a stack user (`admin` or `loms`), made once.
 sasl_password() {

@@ -34,10 +34,27 @@ pub struct Settings {
     /// After a shutdown signal, how long health says NOT_SERVING while the listeners still
     /// serve, so that a load balancer moves traffic away before they close.
     pub shutdown_drain_ms: u64,
+    /// TLS on the API's listeners (gRPC and HTTP; the admin listener stays plaintext, for
+    /// probes and scrapes inside the deployment): plaintext when unset.
+    pub tls: Option<ApiTls>,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub relay: RelaySettings,
     pub log: LogSettings,
+}
+
+/// One certificate for gRPC and HTTP; with a client CA, mutual TLS: a client without a
+/// certificate that CA signed is refused at the handshake.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) client certificates must chain to; none: no client certificate is asked.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -146,6 +163,7 @@ impl Default for Settings {
             request_timeout_ms: 15_000,
             shutdown_timeout_ms: 10_000,
             shutdown_drain_ms: 1_000,
+            tls: None,
             database: DatabaseSettings::default(),
             kafka: KafkaSettings::default(),
             relay: RelaySettings::default(),

@@ -233,6 +233,11 @@ impl Application {
             admin,
             metrics,
         } = self;
+        // Read before anything serves: a certificate that cannot be read fails the start.
+        let (grpc_tls, http_tls) = match &settings.tls {
+            Some(tls) => (Some(crate::tls::grpc(tls)?), Some(crate::tls::http(tls)?)),
+            None => (None, None),
+        };
         let wake = Arc::new(Notify::new());
         let outbox = Outbox {
             topic: settings.kafka.topic.clone(),
@@ -281,17 +286,20 @@ impl Application {
             service.clone(),
             health_service,
             settings.grpc_max_message_bytes,
+            grpc_tls,
             listeners_stop.clone(),
         )?;
         let http_server = serve_http(
             http,
             crate::http::router(service, settings.http_body_limit_bytes),
+            http_tls,
             listeners_stop.clone(),
             "HTTP server",
         );
         let admin_server = serve_http(
             admin,
             crate::admin::router(metrics, readiness),
+            None,
             listeners_stop.clone(),
             "admin server",
         );
@@ -322,6 +330,7 @@ fn serve_grpc(
         impl tonic_health::pb::health_server::Health,
     >,
     max_message_bytes: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     stop: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     let reflection = || {
@@ -329,7 +338,11 @@ fn serve_grpc(
             .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("gRPC TLS")?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -343,24 +356,36 @@ fn serve_grpc(
     Ok(async { server.await.context("gRPC server") })
 }
 
-/// An axum server on `listener` until `stop`.
+/// An HTTP server (axum-server: hyper, with rustls when `tls` is given) on `listener` until
+/// `stop`, then draining its connections.
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     stop: CancellationToken,
     what: &'static str,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    // As on the gRPC port: small replies go out at once, not after a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
+    use axum_server::accept::NoDelayAcceptor;
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            stop.cancelled().await;
+            handle.graceful_shutdown(None);
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .context(what)
+    let server = axum_server::from_tcp(listener.into_std().context(what)?).handle(handle);
+    let service = router.into_make_service();
+    // As on the gRPC port: small replies go out at once, not after a delayed ACK.
+    let served = match tls {
+        None => server.acceptor(NoDelayAcceptor).serve(service).await,
+        Some(config) => {
+            let acceptor =
+                axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(NoDelayAcceptor);
+            server.acceptor(acceptor).serve(service).await
+        }
+    };
+    served.context(what)
 }
 
 /// Runs `servers` to their end, or leaves what is still in flight `grace` after `shutdown`.

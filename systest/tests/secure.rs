@@ -34,24 +34,8 @@ fn kafka_security(prefix: &str, stack: &PrivateStack, ca: &str) -> Vec<(String, 
 
 /// A CA of nobody's: it signed none of the stack's certificates.
 fn another_ca(dir: &Path) -> String {
-    let (key, pem) = (dir.join("other-ca.key"), dir.join("other-ca.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=another CA", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&pem)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success(), "{made:?}");
-    pem.to_string_lossy().into_owned()
+    let ca = testkit::stack::certificates(&dir.join("another-ca")).join("ca.pem");
+    ca.to_string_lossy().into_owned()
 }
 
 /// `loms migrate` with `env`: its exit and what it said.

@@ -111,3 +111,16 @@ impl Drop for PrivateStack {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A certificate authority of its own in `dir` (`deploy/local/certs.sh`): `ca.pem`, a server
+/// certificate for 127.0.0.1 and localhost (`server.pem`, `server.key`), a client certificate
+/// (`client.pem`, `client.key`).
+pub fn certificates(dir: &Path) -> PathBuf {
+    let made = Command::new("bash")
+        .arg(root().join("deploy/local/certs.sh"))
+        .arg(dir)
+        .status()
+        .expect("run certs.sh");
+    assert!(made.success(), "certs.sh {} failed", dir.display());
+    dir.to_path_buf()
+}
