@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use service_runtime::kafka::{Properties, Security};
+use service_runtime::telemetry::LogSettings;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,17 +139,6 @@ pub struct RelaySettings {
     pub stall_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    pub json: bool,
-    /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
-    pub filter: String,
-    /// OTLP/HTTP endpoint spans are exported to (off when unset);
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
-    pub otlp_endpoint: Option<String>,
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -213,16 +203,6 @@ impl Default for RelaySettings {
             heartbeat_ms: 1_000,
             lease_ms: 10_000,
             stall_timeout_ms: 20_000,
-        }
-    }
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            json: false,
-            filter: "info".into(),
-            otlp_endpoint: None,
         }
     }
 }
@@ -340,6 +320,9 @@ pub struct Overrides {
     /// Topic of the order events.
     #[arg(long, global = true)]
     pub kafka_topic: Option<String>,
+    /// A librdkafka property, `key=value`; repeatable.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", global = true)]
+    pub kafka_properties: Vec<String>,
     /// Logs as JSON lines.
     #[arg(long, global = true)]
     pub log_json: bool,
@@ -368,7 +351,11 @@ impl Settings {
         if overrides.log_json {
             builder = builder.set_override("log.json", true)?;
         }
-        let settings: Self = builder.build()?.try_deserialize()?;
+        let mut settings: Self = builder.build()?.try_deserialize()?;
+        for property in &overrides.kafka_properties {
+            service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
+                .map_err(config::ConfigError::Message)?;
+        }
         settings.validate().map_err(config::ConfigError::Message)?;
         Ok(settings)
     }
@@ -415,6 +402,7 @@ mod tests {
         let overrides = Overrides {
             config: Some(file),
             grpc_addr: Some("127.0.0.1:3".into()),
+            kafka_properties: vec!["linger.ms=7".into()],
             ..Default::default()
         };
         let s = Settings::load(
@@ -434,6 +422,7 @@ mod tests {
             "SASL_SSL"
         );
         assert_eq!(s.kafka.topic, "loms.order-events", "default");
+        assert_eq!(s.kafka.properties["linger.ms"].expose_secret(), "7");
     }
 
     #[test]

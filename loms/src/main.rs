@@ -40,14 +40,12 @@ enum OutboxCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.overrides, None)?;
-    let telemetry = service_runtime::telemetry::init(&service_runtime::telemetry::Options {
-        service: "loms",
-        json: settings.log.json,
-        filter: &settings.log.filter,
-        otlp_endpoint: settings.log.otlp_endpoint.as_deref(),
-        // Request lines are diagnostics: never worth a request's time.
-        logging: service_runtime::telemetry::Logging::OffThePath,
-    });
+    // Request lines are diagnostics: never worth a request's time.
+    let telemetry = service_runtime::telemetry::init(
+        &settings
+            .log
+            .options("loms", service_runtime::telemetry::Logging::OffThePath),
+    );
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {

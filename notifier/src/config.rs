@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use service_runtime::kafka::{Properties, Security};
+use service_runtime::telemetry::LogSettings;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,14 +15,25 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
     /// How many recent event ids are remembered to recognise duplicates.
     pub dedup_window: usize,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
-    pub log_json: bool,
-    /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
-    pub log_filter: String,
-    /// OTLP/HTTP endpoint spans are exported to (off when unset);
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
-    pub otlp_endpoint: Option<String>,
+    /// The back-off between retries of a consume or a dead-letter write (as loms's relay).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// `[log]`, as loms has it.
+    pub log: LogSettings,
+    /// The names before both services shared theirs: still read, with a warning.
+    #[serde(default, skip_serializing)]
+    log_json: Option<bool>,
+    #[serde(default, skip_serializing)]
+    log_filter: Option<String>,
+    #[serde(default, skip_serializing)]
+    otlp_endpoint: Option<String>,
+    #[serde(default, skip_serializing)]
+    retry_initial_ms: Option<u64>,
+    #[serde(default, skip_serializing)]
+    retry_max_ms: Option<u64>,
+    /// `(old, new)` for each old name found, for the log once it is set up.
+    #[serde(skip)]
+    pub renamed: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,11 +60,15 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             metrics_addr: None,
             dedup_window: 100_000,
-            retry_initial_ms: 200,
-            retry_max_ms: 5_000,
-            log_json: false,
-            log_filter: "info".into(),
+            backoff_initial_ms: 200,
+            backoff_max_ms: 5_000,
+            log: LogSettings::default(),
+            log_json: None,
+            log_filter: None,
             otlp_endpoint: None,
+            retry_initial_ms: None,
+            retry_max_ms: None,
+            renamed: Vec::new(),
         }
     }
 }
@@ -106,8 +122,8 @@ impl Settings {
     /// The back-off between retries of a consume or dead-letter write.
     pub fn backoff(&self) -> service_runtime::Backoff {
         service_runtime::Backoff::new(
-            std::time::Duration::from_millis(self.retry_initial_ms),
-            std::time::Duration::from_millis(self.retry_max_ms),
+            std::time::Duration::from_millis(self.backoff_initial_ms),
+            std::time::Duration::from_millis(self.backoff_max_ms),
         )
     }
 
@@ -125,9 +141,10 @@ impl Settings {
             ],
         )?;
         if flags.log_json {
-            builder = builder.set_override("log_json", true)?;
+            builder = builder.set_override("log.json", true)?;
         }
         let mut settings: Self = builder.build()?.try_deserialize()?;
+        settings.adopt_old_names();
         for property in &flags.kafka_properties {
             service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
                 .map_err(anyhow::Error::msg)?;
@@ -136,12 +153,38 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Moves what an old name set to its new name, and notes it; an old name is only read when
+    /// given, so it overrides the new name's value.
+    fn adopt_old_names(&mut self) {
+        if let Some(json) = self.log_json.take() {
+            self.log.json |= json;
+            self.renamed.push(("log_json", "log.json"));
+        }
+        if let Some(filter) = self.log_filter.take() {
+            self.log.filter = filter;
+            self.renamed.push(("log_filter", "log.filter"));
+        }
+        if let Some(endpoint) = self.otlp_endpoint.take() {
+            self.log.otlp_endpoint = Some(endpoint);
+            self.renamed.push(("otlp_endpoint", "log.otlp_endpoint"));
+        }
+        if let Some(ms) = self.retry_initial_ms.take() {
+            self.backoff_initial_ms = ms;
+            self.renamed
+                .push(("retry_initial_ms", "backoff_initial_ms"));
+        }
+        if let Some(ms) = self.retry_max_ms.take() {
+            self.backoff_max_ms = ms;
+            self.renamed.push(("retry_max_ms", "backoff_max_ms"));
+        }
+    }
+
     /// Zero sizes and intervals are refused at start, by name.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("dedup_window", self.dedup_window as u64),
-            ("retry_initial_ms", self.retry_initial_ms),
-            ("retry_max_ms", self.retry_max_ms),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
             ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
         ];
         let problems: Vec<String> = positive
@@ -199,6 +242,28 @@ mod tests {
         };
         assert!(error("NOTIFIER_KAFKA__GROUPID", "x").contains("groupid"));
         assert!(error("NOTIFIER_DEDUP_WINDOW", "0").contains("dedup_window"));
+    }
+
+    #[test]
+    fn old_names_are_read_as_the_shared_ones_and_noted() {
+        let env: config::Map<String, String> = [
+            ("NOTIFIER_LOG_JSON", "true"),
+            ("NOTIFIER_RETRY_MAX_MS", "900"),
+            ("NOTIFIER_LOG__FILTER", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = Settings::load(&Flags::default(), Some(env)).unwrap();
+        assert!(s.log.json);
+        assert_eq!(s.backoff_max_ms, 900);
+        assert_eq!(s.log.filter, "debug", "the new name, given alone");
+        assert_eq!(
+            s.renamed,
+            [("log_json", "log.json"), ("retry_max_ms", "backoff_max_ms")]
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json.get("retry_max_ms").is_none() && json["backoff_max_ms"] == 900);
     }
 
     #[test]

@@ -5,14 +5,19 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&Flags::parse(), None)?;
-    let telemetry = service_runtime::telemetry::init(&service_runtime::telemetry::Options {
-        service: "notifier",
-        json: settings.log_json,
-        filter: &settings.log_filter,
-        otlp_endpoint: settings.otlp_endpoint.as_deref(),
-        // The event line is the delivery: a stalled reader holds consumption back.
-        logging: service_runtime::telemetry::Logging::InLine,
-    });
+    // The event line is the delivery: a stalled reader holds consumption back.
+    let telemetry = service_runtime::telemetry::init(
+        &settings
+            .log
+            .options("notifier", service_runtime::telemetry::Logging::InLine),
+    );
+    for (old, new) in &settings.renamed {
+        tracing::warn!(
+            old,
+            new,
+            "configuration: {old} is an old name, read as {new}; use {new}"
+        );
+    }
     tracing::info!(?settings, "configuration");
 
     let shutdown = CancellationToken::new();

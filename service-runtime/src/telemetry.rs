@@ -122,6 +122,46 @@ impl<'a> MakeWriter<'a> for DroppingStdout {
     }
 }
 
+/// `[log]` of both services' configuration: how they log and where their spans go.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// `tracing_subscriber::EnvFilter` directives; RUST_LOG wins when set.
+    pub filter: String,
+    /// OTLP/HTTP endpoint spans are exported to (off when unset);
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    pub otlp_endpoint: Option<String>,
+    /// CA certificates (PEM) of an `https://` collector; `OTEL_EXPORTER_OTLP_CERTIFICATE` wins.
+    pub otlp_ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            json: false,
+            filter: "info".into(),
+            otlp_endpoint: None,
+            otlp_ca_file: None,
+        }
+    }
+}
+
+impl LogSettings {
+    /// The telemetry options of `service`, logging as `logging` says.
+    pub fn options<'a>(&'a self, service: &'a str, logging: Logging) -> Options<'a> {
+        Options {
+            service,
+            json: self.json,
+            filter: &self.filter,
+            otlp_endpoint: self.otlp_endpoint.as_deref(),
+            otlp_ca_file: self.otlp_ca_file.as_deref(),
+            logging,
+        }
+    }
+}
+
 /// How the service logs and traces.
 pub struct Options<'a> {
     /// Name in exported spans, unless `OTEL_SERVICE_NAME` says otherwise.
@@ -129,8 +169,12 @@ pub struct Options<'a> {
     pub json: bool,
     /// `tracing_subscriber::EnvFilter` directives.
     pub filter: &'a str,
-    /// OTLP/HTTP endpoint (e.g. `http://jaeger:4318`); `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
+    /// OTLP/HTTP endpoint (e.g. `http://jaeger:4318`, or `https://...`);
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins.
     pub otlp_endpoint: Option<&'a str>,
+    /// CA certificates (PEM) an `https://` collector's certificate must chain to, besides the
+    /// system's; `OTEL_EXPORTER_OTLP_CERTIFICATE` wins.
+    pub otlp_ca_file: Option<&'a std::path::Path>,
     pub logging: Logging,
 }
 
@@ -268,8 +312,12 @@ pub fn init(options: &Options<'_>) -> Telemetry {
         .build();
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
     let mut export_error = None;
+    let ca = std::env::var_os("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        .filter(|c| !c.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| options.otlp_ca_file.map(std::path::Path::to_path_buf));
     if let Some(endpoint) = &endpoint {
-        match exporter(endpoint) {
+        match exporter(endpoint, ca.as_deref()) {
             Ok(exporter) => {
                 let config = BatchConfigBuilder::default()
                     .with_max_queue_size(EXPORT_QUEUE)
@@ -365,9 +413,29 @@ pub fn init(options: &Options<'_>) -> Telemetry {
     }
 }
 
-fn exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn exporter(
+    endpoint: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::WithHttpConfig;
+    let mut client = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("OTLP CA {}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("OTLP CA {}: {e}", ca.display()))?;
+        for cert in certs {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    // The blocking client runs a runtime of its own, which may not be built (nor dropped)
+    // on a runtime's thread.
+    let client = std::thread::spawn(move || client.build())
+        .join()
+        .map_err(|_| "building the OTLP HTTP client panicked".to_string())?
+        .map_err(|e| format!("the OTLP HTTP client: {e}"))?;
     opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .with_timeout(EXPORT_TIMEOUT)

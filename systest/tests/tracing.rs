@@ -293,3 +293,55 @@ async fn spans_pause_while_the_collector_is_away_and_resume_when_it_answers() {
         assert!(log.contains("span collector reachable again"), "{log}");
     }
 }
+
+/// OTLP to an `https://` collector whose certificate chains to a CA of its own: with that CA
+/// (`OTEL_EXPORTER_OTLP_CERTIFICATE`) loms's spans arrive; without it they are refused, counted
+/// as dropped.
+#[tokio::test]
+async fn spans_reach_an_https_collector_that_its_ca_vouches_for() {
+    let certificates = testkit::stack::certificates(
+        &std::env::temp_dir().join(format!("loms-otlp-tls-{}", testkit::unique())),
+    );
+    let jaeger = Jaeger::start_tls(&certificates).await;
+    assert!(jaeger.otlp.starts_with("https://"));
+    let db = testkit::db::fresh_database().await;
+    let ca = certificates.join("ca.pem");
+    let trusted = LomsOptions::new(&db, "loms.order-events.unused")
+        .relay(false)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca.to_string_lossy())
+        .env("OTEL_SERVICE_NAME", "loms-tls")
+        .start()
+        .await;
+    let untrusting = LomsOptions::new(&db, "loms.order-events.unused")
+        .relay(false)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)
+        .env("OTEL_SERVICE_NAME", "loms-without-the-ca")
+        .start()
+        .await;
+    let services = format!("http://{}/api/services", jaeger.query);
+    eventually(
+        "the spans of the loms with the CA arrive",
+        PATIENCE,
+        || async {
+            for loms in [&trusted, &untrusting] {
+                let _ = loms.client().await.unwrap().order_create(order()).await;
+            }
+            let known = reqwest::get(&services).await.unwrap().text().await.unwrap();
+            known.contains("\"loms-tls\"")
+        },
+    )
+    .await;
+    eventually("the other's are dropped", PATIENCE, || async {
+        let _ = untrusting
+            .client()
+            .await
+            .unwrap()
+            .order_create(order())
+            .await;
+        counter(&untrusting.admin, "loms_spans_dropped_total").await > 0.0
+    })
+    .await;
+    let known = reqwest::get(&services).await.unwrap().text().await.unwrap();
+    assert!(!known.contains("loms-without-the-ca"), "{known}");
+}

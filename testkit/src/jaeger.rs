@@ -22,6 +22,16 @@ pub struct Jaeger {
 
 impl Jaeger {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Jaeger taking OTLP over TLS (`https://`), with the server certificate of
+    /// `certificates` (a folder of `deploy/local/certs.sh`).
+    pub async fn start_tls(certificates: &std::path::Path) -> Self {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(tls: Option<&std::path::Path>) -> Self {
         let binary = built_by("deploy/local/jaeger.sh");
         let (otlp, query) = (free_address(), free_address());
         let mut command = Command::new(binary);
@@ -31,9 +41,17 @@ impl Jaeger {
             .env("JAEGER_OTLP_HTTP_ADDR", &otlp)
             .env("JAEGER_QUERY_ADDR", &query)
             .env("JAEGER_QUERY_GRPC_ADDR", free_address());
+        if let Some(dir) = tls {
+            command
+                .arg("--config")
+                .arg(root().join("deploy/jaeger/config.tls.yaml"))
+                .env("JAEGER_OTLP_TLS_CERT", dir.join("server.pem"))
+                .env("JAEGER_OTLP_TLS_KEY", dir.join("server.key"));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let jaeger = Self {
             process: Process::spawn(command, &temp_log("jaeger"), false),
-            otlp: format!("http://{otlp}"),
+            otlp: format!("{scheme}://{otlp}"),
             query,
         };
         crate::eventually(
@@ -46,7 +64,7 @@ impl Jaeger {
     }
 
     async fn ready(&self) -> bool {
-        let otlp = self.otlp.trim_start_matches("http://");
+        let otlp = self.otlp.split_once("://").map_or(&*self.otlp, |(_, a)| a);
         tokio::net::TcpStream::connect(otlp).await.is_ok()
             && reqwest::get(format!("http://{}/api/services", self.query))
                 .await
