@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup jaeger toxiproxy fuzz run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated bench bench-quick chaos chaos-quick
+.PHONY: setup jaeger toxiproxy fuzz run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated up-secure down-secure bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -70,6 +70,13 @@ up-replicated:
 
 down-replicated:
 	docker compose -f deploy/docker-compose.replicated.yml down
+
+# The same with every connection encrypted and authenticated (deploy/docker-compose.secure.yml).
+up-secure:
+	docker compose -f deploy/docker-compose.yml -f deploy/docker-compose.secure.yml up --build -d
+
+down-secure:
+	docker compose -f deploy/docker-compose.yml -f deploy/docker-compose.secure.yml down
 
 # Figures of the real system on a private stack: target/bench/results.json.
 bench: release

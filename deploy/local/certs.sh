@@ -6,9 +6,13 @@
 # The secure local stack uses it (stack.sh: KAFKA_SECURITY=sasl_ssl, PG_TLS=1), and so do the
 # tests of TLS on the API.
 #
-#   certs.sh DIR
+#   certs.sh DIR [NAME...]     NAMEs: more DNS names of the server certificate (compose's
+#                              service names, for the secure compose file)
 set -euo pipefail
-dir=${1:?usage: certs.sh DIR}
+dir=${1:?usage: certs.sh DIR [NAME...]}
+shift
+names="DNS:localhost,IP:127.0.0.1"
+for name in "$@"; do names+=",DNS:$name"; done
 if [ -f "$dir/.complete" ]; then exit 0; fi
 command -v openssl >/dev/null || { echo "certs: openssl is needed (deploy/local/setup.sh installs it)" >&2; exit 1; }
 mkdir -p "$dir"
@@ -22,7 +26,7 @@ sign() { # name, subject, extensions
   openssl x509 -req -in "$dir/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
     -days 30 -out "$dir/$1.pem" -extfile <(printf '%b\n' "$3") 2>>"$log"
 }
-sign server "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"
+sign server "/CN=localhost" "subjectAltName=$names\nextendedKeyUsage=serverAuth"
 sign client "/CN=postgres" "extendedKeyUsage=clientAuth"
 chmod 600 "$dir"/*.key
 cat "$dir/server.key" "$dir/server.pem" >"$dir/kafka-keystore.pem"

@@ -332,3 +332,84 @@ fn dockerfile_builds_both_binaries_as_a_non_root_user() {
     assert!(dockerfile.contains("USER app"));
     assert!(read(".dockerignore").lines().any(|l| l == "target"));
 }
+
+/// The secure override: it follows the specification; every service that reads the volume
+/// `certs` waits for the job that fills it (itself or through what it depends on); no client
+/// listener of Kafka is plaintext; PostgreSQL takes TLS only; and every variable it gives loms
+/// and the notifiers configures them.
+#[test]
+fn the_secure_override() {
+    let schema: Value = serde_json::from_str(&read("deploy/schema/compose-spec.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let secure = compose::compose_file(compose::SECURE);
+    let errors: Vec<String> = validator
+        .iter_errors(&secure)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let base = compose::compose();
+    let depends = |service: &str| -> Vec<String> {
+        let mut names = Vec::new();
+        for file in [&base, &secure] {
+            if let Some(map) = file["services"][service]["depends_on"].as_object() {
+                names.extend(map.keys().cloned());
+            }
+        }
+        names
+    };
+    fn after_certs(service: &str, depends: &dyn Fn(&str) -> Vec<String>) -> bool {
+        depends(service)
+            .iter()
+            .any(|d| d == "certs" || after_certs(d, depends))
+    }
+    let services = secure["services"].as_object().unwrap();
+    for (name, service) in services {
+        let mounts = service["volumes"].to_string();
+        if name != "certs" && mounts.contains("certs:/certs") {
+            assert!(
+                after_certs(name, &depends),
+                "{name} reads the certificates before they are made"
+            );
+        }
+    }
+    assert_eq!(secure["services"]["certs"]["build"]["target"], "certs");
+    assert!(read("deploy/Dockerfile").contains("AS certs"));
+
+    let kafka = compose::secure_environment("kafka");
+    let map = &kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"];
+    for listener in map.split(',') {
+        let (name, protocol) = listener.split_once(':').unwrap();
+        assert!(
+            name == "CONTROLLER" || protocol == "SASL_SSL",
+            "{name} is {protocol}"
+        );
+    }
+    assert!(kafka["KAFKA_ADVERTISED_LISTENERS"]
+        .split(',')
+        .all(|l| !l.starts_with("CONTROLLER")));
+    let pg = secure["services"]["postgres"]["command"].to_string();
+    assert!(pg.contains("ssl=on") && pg.contains("hba_file="), "{pg}");
+    let hba = read("deploy/secure/pg_hba.conf");
+    assert!(
+        hba.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .all(|l| l.starts_with("local") || l.starts_with("hostssl")),
+        "{hba}"
+    );
+
+    for service in ["loms", "loms-migrate"] {
+        let env = compose::secure_environment(service);
+        let settings = loms::config::Settings::load(
+            &Default::default(),
+            Some(env.clone().into_iter().collect()),
+        )
+        .unwrap();
+        assert_env_configures("LOMS_", &env, &serde_json::to_value(&settings).unwrap());
+        assert_eq!(env["LOMS_DATABASE__TLS__MODE"], "verify-full");
+    }
+    let loms = compose::secure_environment("loms");
+    assert_eq!(loms["LOMS_KAFKA__SECURITY__PROTOCOL"], "SASL_SSL");
+    assert!(loms.contains_key("LOMS_TLS__CERT_FILE"));
+    assert!(loms["OTEL_EXPORTER_OTLP_ENDPOINT"].starts_with("https://"));
+}

@@ -4,9 +4,14 @@ use testkit::compose;
 
 #[test]
 fn every_notifier_variable_of_the_compose_files_configures_the_notifier() {
-    for c in compose::FILES.map(compose::compose_file) {
-        for i in 1..=3 {
-            let env = compose::environment(&c, &format!("notifier-{i}"));
+    let files = compose::FILES.map(compose::compose_file);
+    for i in 1..=3 {
+        let name = format!("notifier-{i}");
+        let envs = files
+            .iter()
+            .map(|c| compose::environment(c, &name))
+            .chain([compose::secure_environment(&name)]);
+        for env in envs {
             let settings = notifier::config::Settings::load(
                 &Default::default(),
                 Some(env.clone().into_iter().collect()),

@@ -15,6 +15,17 @@ pub const FILES: [&str; 2] = [
     "deploy/docker-compose.replicated.yml",
 ];
 
+/// The secure override, used over the default file (`-f docker-compose.yml -f` this).
+pub const SECURE: &str = "deploy/docker-compose.secure.yml";
+
+/// The environment of `service` with `docker-compose.yml` under `SECURE`: the override's
+/// variables over the default file's, as compose merges them.
+pub fn secure_environment(service: &str) -> BTreeMap<String, String> {
+    let mut env = environment(&compose(), service);
+    env.extend(environment(&compose_file(SECURE), service));
+    env
+}
+
 /// The default compose file as JSON.
 pub fn compose() -> Value {
     compose_file(FILES[0])
