@@ -12,7 +12,11 @@ pub const DRAIN_PATIENCE: Duration = Duration::from_secs(180);
 /// returns its URL.
 pub async fn create_database(name: &str) -> String {
     let server = crate::stack::database_url();
-    let (base, _) = server
+    // Its parameters (sslmode, the certificates) carry over to the new database's URL.
+    let (address, query) = server
+        .split_once('?')
+        .map_or((&*server, None), |(a, q)| (a, Some(q)));
+    let (base, _) = address
         .rsplit_once('/')
         .expect("DATABASE_URL has a database name");
     let admin = PgPool::connect(&server)
@@ -28,7 +32,10 @@ pub async fn create_database(name: &str) -> String {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     admin.close().await;
-    format!("{base}/{name}")
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
 }
 
 /// A database of its own for one test, not yet migrated (loms migrates at start).

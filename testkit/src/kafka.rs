@@ -11,9 +11,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
-use crate::stack::brokers;
+use crate::stack::kafka_client;
 
 /// How long a metadata or watermark request may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,10 +21,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_PATIENCE: Duration = Duration::from_secs(120);
 
 fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client")
+    kafka_client().create().expect("admin client")
 }
 
 /// The replication factor of the stack's topics (`KAFKA_REPLICATION`, which `stack.sh env`
@@ -125,8 +122,7 @@ pub async fn consume_until(
     within: Duration,
     done: impl Fn(&[Consumed]) -> bool,
 ) -> Vec<Consumed> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let consumer: StreamConsumer = kafka_client()
         .set("group.id", format!("test-reader-{}", crate::unique()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -196,8 +192,7 @@ pub async fn consume_all(topic: &str) -> Vec<Consumed> {
 }
 
 pub fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    kafka_client()
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .create()
@@ -216,10 +211,7 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
 }
 
 fn metadata_consumer() -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("consumer")
+    kafka_client().create().expect("consumer")
 }
 
 /// The node leading `partition` of `topic`.
@@ -285,8 +277,7 @@ pub fn committed_offsets(
     group: &str,
     partitions: i32,
 ) -> std::collections::HashMap<i32, rdkafka::Offset> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let consumer: BaseConsumer = kafka_client()
         .set("group.id", group)
         .create()
         .expect("consumer");

@@ -302,6 +302,7 @@ impl LomsProcess {
             .env("LOMS_KAFKA__BROKERS", crate::stack::brokers())
             .env("LOMS_KAFKA__TOPIC", &options.topic)
             .env("LOMS_RELAY__ENABLED", options.relay.to_string())
+            .envs(security_env("LOMS"))
             .envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut loms = Self {
             process: Process::spawn(command, &options.log, options.through_pipe),
@@ -351,6 +352,14 @@ impl LomsProcess {
     pub async fn is_relay_leader(&self) -> bool {
         relay_leader(&self.admin).await
     }
+}
+
+/// The stack's Kafka security as a service's variables (`LOMS_KAFKA__SECURITY__PROTOCOL`, ...).
+fn security_env(prefix: &str) -> Vec<(String, String)> {
+    crate::stack::kafka_security()
+        .into_iter()
+        .map(|(key, value)| (format!("{prefix}_KAFKA__SECURITY__{key}"), value))
+        .collect()
 }
 
 async fn serving(grpc: &str) -> bool {
@@ -462,6 +471,7 @@ impl NotifierOptions {
                 "NOTIFIER_KAFKA__SESSION_TIMEOUT_MS",
                 TEST_SESSION_TIMEOUT_MS,
             )
+            .envs(security_env("NOTIFIER"))
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(address) = &self.metrics {
             command.args(["--metrics-addr", address]);

@@ -28,6 +28,45 @@ pub fn brokers() -> String {
     var("KAFKA_BROKERS")
 }
 
+/// The stack's Kafka security as `[kafka.security]` keys (`PROTOCOL`, `SASL_MECHANISM`, ...)
+/// with their values, from what `stack.sh env` printed (`KAFKA_SECURITY_PROTOCOL`, ...): none
+/// for a plaintext stack.
+pub fn kafka_security() -> Vec<(&'static str, String)> {
+    [
+        ("PROTOCOL", "KAFKA_SECURITY_PROTOCOL"),
+        ("SASL_MECHANISM", "KAFKA_SASL_MECHANISM"),
+        ("SASL_USERNAME", "KAFKA_SASL_USERNAME"),
+        ("SASL_PASSWORD", "KAFKA_SASL_PASSWORD"),
+        ("CA_LOCATION", "KAFKA_CA_LOCATION"),
+    ]
+    .into_iter()
+    .filter_map(|(key, var)| Some((key, std::env::var(var).ok().filter(|v| !v.is_empty())?)))
+    .collect()
+}
+
+/// A Kafka client configuration for the stack: its brokers, and its security if it has any.
+pub fn kafka_client() -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers());
+    with_kafka_security(&mut config);
+    config
+}
+
+/// `config` with the stack's security properties, if it has any.
+pub fn with_kafka_security(config: &mut rdkafka::ClientConfig) -> &mut rdkafka::ClientConfig {
+    for (key, value) in kafka_security() {
+        let property = match key {
+            "PROTOCOL" => "security.protocol",
+            "SASL_MECHANISM" => "sasl.mechanism",
+            "SASL_USERNAME" => "sasl.username",
+            "SASL_PASSWORD" => "sasl.password",
+            _ => "ssl.ca.location",
+        };
+        config.set(property, value);
+    }
+    config
+}
+
 /// Runs `deploy/local/stack.sh <command>` on the stack under test (e.g. `kafka-stop`, or
 /// `kafka-kill 2` for one node of three).
 pub fn stack(command: &str) {

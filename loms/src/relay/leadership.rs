@@ -100,10 +100,14 @@ pub async fn acquire(
                 lease_secs = lease,
                 "relay: the leader's session has been silent for longer than the lease; terminating it"
             );
+            // Waits (within the call timeout) until that session is gone, so that the next
+            // round finds the lock free rather than the same session, still on its way out.
+            let wait_ms = (settings.call_timeout_ms / 2) as i64;
             leader
                 .call("terminating the silent leader", |c| async move {
-                    sqlx::query("SELECT pg_terminate_backend($1)")
+                    sqlx::query("SELECT pg_terminate_backend($1, $2)")
                         .bind(pid)
+                        .bind(wait_ms)
                         .execute(c)
                         .await
                         .map(drop)

@@ -5,10 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use loms::domain::Status;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use testkit::kafka::fresh_topic;
 use testkit::process::{free_port, NotifierOptions};
-use testkit::stack::brokers;
 
 /// How long the notifier may take to handle the whole topic.
 const CONSUME_PATIENCE: Duration = Duration::from_secs(300);
@@ -16,8 +14,7 @@ const CONSUME_PATIENCE: Duration = Duration::from_secs(300);
 /// 4. One notifier on a pre-filled topic, logging to a file.
 pub async fn run(events: usize) -> f64 {
     let topic = fresh_topic("bench.consume", 2).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let producer: FutureProducer = testkit::stack::kafka_client()
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()

@@ -29,13 +29,14 @@ pub async fn run(events: i64) -> (f64, f64, usize) {
     let drain = events as f64 / started.elapsed().as_secs_f64();
 
     let raw_topic = fresh_topic("bench.raw", 2).await;
-    let producer: FutureProducer = loms::relay::producer_config(&loms::config::KafkaSettings {
+    let mut config = loms::relay::producer_config(&loms::config::KafkaSettings {
         brokers: brokers(),
         ..Default::default()
     })
-    .unwrap()
-    .create()
     .unwrap();
+    let producer: FutureProducer = testkit::stack::with_kafka_security(&mut config)
+        .create()
+        .unwrap();
     let started = Instant::now();
     let deliveries: Vec<_> = payloads
         .iter()

@@ -21,6 +21,21 @@ fn server() -> (String, String, String) {
     (host.into(), port.into(), user.into())
 }
 
+/// The URL's TLS parameters as libpq's variables (`sslmode` as `PGSSLMODE`, ...): pgbench and
+/// psql are given host, port and user apart, and these.
+fn tls_env() -> Vec<(String, String)> {
+    let url = database_url();
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| key.starts_with("ssl"))
+        .map(|(key, value)| (format!("PG{}", key.to_uppercase()), value.to_string()))
+        .collect()
+}
+
 fn checked(output: Output, what: &str) -> String {
     assert!(
         output.status.success(),
@@ -33,6 +48,7 @@ fn checked(output: Output, what: &str) -> String {
 fn pgbench(args: &[&str]) -> String {
     let (host, port, user) = server();
     let output = Command::new(PGBENCH)
+        .envs(tls_env())
         .args(["-h", &host, "-p", &port, "-U", &user])
         .args(args)
         .arg(DATABASE)
@@ -45,6 +61,7 @@ fn pgbench(args: &[&str]) -> String {
 pub fn init() {
     let (host, port, user) = server();
     let psql = Command::new("psql")
+        .envs(tls_env())
         .args(["-h", &host, "-p", &port, "-U", &user, "-d", "postgres"])
         .args(["-c", &format!("DROP DATABASE IF EXISTS {DATABASE}")])
         .args(["-c", &format!("CREATE DATABASE {DATABASE}")])
