@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use api::loms::{Item, OrderCreateRequest};
 use testkit::eventually;
 use testkit::process::{bin_dir, free_port};
 
@@ -122,18 +121,7 @@ async fn ctrl_c_stops_the_services_and_then_the_stack() {
     })
     .await;
     let mut client = api::LomsClient::connect(address).await.unwrap();
-    let order_id = client
-        .order_create(OrderCreateRequest {
-            user_id: 42,
-            items: vec![Item {
-                sku: 1076963,
-                count: 1,
-            }],
-        })
-        .await
-        .expect("OrderCreate")
-        .get_ref()
-        .order_id;
+    let order_id = testkit::one_order(&mut client).await;
     eventually("its events are logged", START_PATIENCE, || {
         let text = log_text();
         std::future::ready(

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use api::loms::{Item, OrderCreateRequest};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use testkit::eventually;
 use testkit::process::{bin_dir, LomsOptions, NotifierOptions};
@@ -76,21 +75,7 @@ async fn every_connection_encrypted_verified_and_authenticated() {
         notifier = notifier.env(&k, &v);
     }
     let notifier = notifier.start();
-    let order_id = loms
-        .client()
-        .await
-        .unwrap()
-        .order_create(OrderCreateRequest {
-            user_id: 42,
-            items: vec![Item {
-                sku: 1076963,
-                count: 1,
-            }],
-        })
-        .await
-        .expect("OrderCreate")
-        .get_ref()
-        .order_id;
+    let order_id = testkit::one_order(&mut loms.client().await.unwrap()).await;
     eventually("the notifier logs the order's two events", PATIENCE, || {
         let logged = notifier
             .process

@@ -67,3 +67,20 @@ where
 pub fn unique() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
+
+/// An order of one unit of a seeded sku, by user 42, through `client`: its id.
+pub async fn one_order(client: &mut api::LomsClient<tonic::transport::Channel>) -> i64 {
+    let request = api::loms::OrderCreateRequest {
+        user_id: 42,
+        items: vec![api::loms::Item {
+            sku: 1076963,
+            count: 1,
+        }],
+    };
+    client
+        .order_create(request)
+        .await
+        .expect("OrderCreate")
+        .get_ref()
+        .order_id
+}
