@@ -76,10 +76,41 @@ impl E2e {
                 "autovacuums": self.outbox.autovacuums,
             },
             "orders": self.overall_ms.len(),
+            "events_measured": self.events_measured(),
+            "stage_observations": self
+                .stages
+                .iter()
+                .map(|(name, b)| (name.to_string(), json!(b.count())))
+                .collect::<serde_json::Map<_, _>>(),
+            "stages_cover_the_measured_events": self.stages_cover_the_measured_events().is_ok(),
             "cpu_cores": self.cpu.json(),
             "latency_ms": quantiles(&|q| self.p(q)),
             "stages_ms": stages,
         })
+    }
+
+    /// Events the measured orders wrote: two each (`new`, `awaiting payment`).
+    pub fn events_measured(&self) -> u64 {
+        2 * self.overall_ms.len() as u64
+    }
+
+    /// Whether each per-event stage observed exactly the measured orders' events: nothing of
+    /// the warm-up, of another run, or twice. A stage figure that disagrees with the client's
+    /// would show here first.
+    pub fn stages_cover_the_measured_events(&self) -> Result<(), String> {
+        let expected = self.events_measured();
+        let wrong: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|(name, _)| *name != "relay_cycle") // per batch, not per event
+            .filter(|(_, b)| b.count() != expected)
+            .map(|(name, b)| format!("{name} observed {} events, not {expected}", b.count()))
+            .collect();
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
     }
 
     /// Distributions for the plot: each stage's, and the overall one.
@@ -269,4 +300,16 @@ async fn sample_outbox(
         }
     }
     sample
+}
+
+#[cfg(test)]
+mod tests {
+    /// The stage histograms of a short run, differenced around it, hold exactly its orders'
+    /// events: the warm-up's are not in them.
+    #[tokio::test]
+    async fn stage_figures_are_of_the_measured_orders_only() {
+        let run = super::run(2, 50).await;
+        assert_eq!(run.overall_ms.len(), 100);
+        assert_eq!(run.stages_cover_the_measured_events(), Ok(()));
+    }
 }
