@@ -91,6 +91,39 @@ fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
         .collect()
 }
 
+/// OrderCreate's one statement (see [`Storage::create_order`]); public so that the bench can
+/// measure it bare, beside the service.
+pub const CREATE_ORDER: &str = "WITH req AS (
+         SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
+     ), locked AS (
+         SELECT sku, total_count - reserved AS available FROM stocks
+         WHERE sku = ANY($2) ORDER BY sku FOR UPDATE
+     ), verdict AS (
+         SELECT NOT EXISTS (
+             SELECT 1 FROM req LEFT JOIN locked l USING (sku)
+             WHERE l.available IS NULL OR l.available < req.count
+         ) AS ok
+     ), reserve AS (
+         UPDATE stocks s SET reserved = s.reserved + req.count
+         FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
+     ), new_order AS (
+         INSERT INTO orders (id, user_id, status, event_seq, skus, counts)
+         SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6, $2, $3 FROM verdict
+         RETURNING id
+     ), events AS (
+         INSERT INTO outbox (topic, key, payload, headers)
+         SELECT $8, e.k, e.p, e.h FROM new_order, verdict,
+             unnest($9::text[],
+                    CASE WHEN verdict.ok THEN $10::bytea[] ELSE $12::bytea[] END,
+                    CASE WHEN verdict.ok THEN $11::jsonb[] ELSE $13::jsonb[] END)
+                 WITH ORDINALITY AS e(k, p, h, n)
+         ORDER BY e.n
+     )
+     SELECT verdict.ok,
+            COALESCE((SELECT array_agg(sku ORDER BY sku) FROM locked), '{}'),
+            COALESCE((SELECT array_agg(available ORDER BY sku) FROM locked), '{}')
+     FROM verdict";
+
 impl Storage {
     pub fn new(pool: PgPool, outbox: Outbox) -> Self {
         Self {
@@ -136,53 +169,23 @@ impl Storage {
         // The event is built before the statement decides, so it names what could not be
         // reserved as a whole; the reply names the sku short and the counts, read back.
         let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)))?;
-        let (reserved, locked_skus, available): (bool, Vec<i64>, Vec<i64>) = sqlx::query_as(
-            "WITH req AS (
-                 SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
-             ), locked AS (
-                 SELECT sku, total_count - reserved AS available FROM stocks
-                 WHERE sku = ANY($2) ORDER BY sku FOR UPDATE
-             ), verdict AS (
-                 SELECT NOT EXISTS (
-                     SELECT 1 FROM req LEFT JOIN locked l USING (sku)
-                     WHERE l.available IS NULL OR l.available < req.count
-                 ) AS ok
-             ), reserve AS (
-                 UPDATE stocks s SET reserved = s.reserved + req.count
-                 FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
-             ), new_order AS (
-                 INSERT INTO orders (id, user_id, status, event_seq, skus, counts)
-                 SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6, $2, $3 FROM verdict
-                 RETURNING id
-             ), events AS (
-                 INSERT INTO outbox (topic, key, payload, headers)
-                 SELECT $8, e.k, e.p, e.h FROM new_order, verdict,
-                     unnest($9::text[],
-                            CASE WHEN verdict.ok THEN $10::bytea[] ELSE $12::bytea[] END,
-                            CASE WHEN verdict.ok THEN $11::jsonb[] ELSE $13::jsonb[] END)
-                         WITH ORDINALITY AS e(k, p, h, n)
-                 ORDER BY e.n
-             )
-             SELECT verdict.ok,
-                    COALESCE((SELECT array_agg(sku ORDER BY sku) FROM locked), '{}'),
-                    COALESCE((SELECT array_agg(available ORDER BY sku) FROM locked), '{}')
-             FROM verdict",
-        )
-        .bind(order.user_id)
-        .bind(&skus)
-        .bind(&counts)
-        .bind(reserved_status)
-        .bind(failed_status)
-        .bind(event_seq)
-        .bind(order_id)
-        .bind(&self.outbox.topic)
-        .bind(&reserved_rows.keys)
-        .bind(&reserved_rows.payloads)
-        .bind(&reserved_rows.headers)
-        .bind(&failed_rows.payloads)
-        .bind(&failed_rows.headers)
-        .fetch_one(&self.pool)
-        .await?;
+        let (reserved, locked_skus, available): (bool, Vec<i64>, Vec<i64>) =
+            sqlx::query_as(CREATE_ORDER)
+                .bind(order.user_id)
+                .bind(&skus)
+                .bind(&counts)
+                .bind(reserved_status)
+                .bind(failed_status)
+                .bind(event_seq)
+                .bind(order_id)
+                .bind(&self.outbox.topic)
+                .bind(&reserved_rows.keys)
+                .bind(&reserved_rows.payloads)
+                .bind(&reserved_rows.headers)
+                .bind(&failed_rows.payloads)
+                .bind(&failed_rows.headers)
+                .fetch_one(&self.pool)
+                .await?;
         self.outbox.written.notify_one();
         if reserved {
             return Ok(order_id);

@@ -49,11 +49,27 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Where ports are handed out from: below the kernel's ephemeral range (32768 and up here),
+/// from which outgoing connections take their local ports. A port the kernel picked for us
+/// (bind to 0) was itself ephemeral, and in the moment before its service bound it, a
+/// connection of Kafka's or PostgreSQL's could take it: "address already in use".
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// The next candidate, as an offset into `PORTS`; each process starts at a place of its own.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// A port nothing listens on, never handed out before by this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::Ordering::SeqCst;
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    let _ = NEXT_PORT.compare_exchange(u32::MAX, start, SeqCst, SeqCst);
+    for _ in 0..span {
+        let port = PORTS.start + (NEXT_PORT.fetch_add(1, SeqCst) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// A free TCP address on the loopback interface.

@@ -137,6 +137,17 @@ async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
     )
 }
 
+/// The anchor: OrderCreate's very statement, bare (pgbench), beside a relay stand-in, on a load
+/// database of its own; its rate, and what the machine's cores did meanwhile.
+async fn bare_statement_run(secs: u64) -> (f64, Usage) {
+    let db = "bench_bare";
+    load_database(db).await;
+    cpu::measured(None, None, async {
+        pgbench::bare_statement(db, CLIENTS, secs, &out_dir())
+    })
+    .await
+}
+
 /// pgbench's rate with `builtin`, and what the machine's cores did meanwhile.
 async fn pgbench_run(builtin: &str, secs: u64) -> (f64, Usage) {
     cpu::measured(None, None, async { pgbench::tps(builtin, CLIENTS, secs) }).await
@@ -247,6 +258,18 @@ async fn main() {
             cpu.per_op_us(tps)
         );
     }
+    let (bare, bare_cpu) = bare_statement_run(plan.load_secs).await;
+    let bare_pg_us = bare_cpu.of("postgres") / bare * 1e6;
+    let create_pg_us = create_run.per_call_us("postgres");
+    println!(
+        "   OrderCreate's statement bare (pgbench, prepared, {CLIENTS} clients, a relay stand-in), {} s: {bare:.0} orders/s",
+        plan.load_secs
+    );
+    print_cpu(&bare_cpu);
+    println!(
+        "     PostgreSQL CPU per order: bare {bare_pg_us:.0} us, in the service {create_pg_us:.0} us ({:.2}x)",
+        create_pg_us / bare_pg_us
+    );
     // On shared cores a ratio cannot exceed the inverse ratio of the machine's CPU per call.
     let create_bound = pg_update_cpu.per_op_us(pg_update) / create_run.cpu.per_op_us(create.rate());
     let info_bound = pg_select_cpu.per_op_us(pg_select) / info_run.cpu.per_op_us(info.rate());
@@ -282,12 +305,17 @@ async fn main() {
         "create_throughput_per_s": create.rate(),
         "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
         "pgbench_tps": pg_update,
+        "bare_sql_per_s": bare,
+        "bare_sql_pg_cpu_us_per_order": bare_pg_us,
+        "create_pg_cpu_us_per_order": create_pg_us,
+        "create_vs_bare_sql_pg_cpu": create_pg_us / bare_pg_us,
         "create_vs_pgbench": create.rate() / pg_update,
         "cpu_cores": {
             "create": create_run.cpu.json(),
             "info": info_run.cpu.json(),
             "pgbench_simple_update": pg_update_cpu.json(),
             "pgbench_select_only": pg_select_cpu.json(),
+            "bare_sql": bare_cpu.json(),
         },
         "cpu_bound_create_vs_pgbench": create_bound,
         "cpu_bound_info_vs_pgbench_select_only": info_bound,
@@ -319,6 +347,10 @@ async fn main() {
         "| OrderCreate, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench simple-update {pg_update:.0} tps | >= 0.7 |",
         create.rate(),
         create.rate() / pg_update
+    );
+    println!(
+        "| PostgreSQL CPU per order | service {create_pg_us:.0} us, the bare statement {bare_pg_us:.0} us ({bare:.0}/s): {:.2}x | <= 1.3x |",
+        create_pg_us / bare_pg_us
     );
     println!(
         "| OrderInfo, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench select-only {pg_select:.0} tps | >= 0.4 |",

@@ -2,6 +2,7 @@
 
 use std::process::{Command, Output};
 
+use systest::{FIRST_LOAD_SKU, LOAD_SKUS};
 use testkit::stack::database_url;
 
 const PGBENCH: &str = "/usr/lib/postgresql/15/bin/pgbench";
@@ -45,16 +46,107 @@ fn checked(output: Output, what: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn pgbench(args: &[&str]) -> String {
+/// pgbench on `database` with `args`, started.
+fn spawn(database: &str, args: &[&str]) -> std::process::Child {
     let (host, port, user) = server();
-    let output = Command::new(PGBENCH)
+    Command::new(PGBENCH)
         .envs(tls_env())
         .args(["-h", &host, "-p", &port, "-U", &user])
         .args(args)
-        .arg(DATABASE)
-        .output()
-        .expect("run pgbench");
+        .arg(database)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgbench")
+}
+
+fn pgbench(args: &[&str]) -> String {
+    let output = spawn(DATABASE, args).wait_with_output().expect("pgbench");
     checked(output, "pgbench")
+}
+
+fn tps_of(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
+}
+
+/// loms's OrderCreate statement as a pgbench script: the very SQL, its parameters as pgbench
+/// variables (one random load sku, one unit, two events of the bench's size).
+fn bare_script() -> String {
+    // Roughly what loms writes per event: a ~90-byte payload and a few headers.
+    let payload = format!("'\\x{}'::bytea", "5a".repeat(90));
+    let headers = r#"'{"event_type": "order.status_changed", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'::jsonb"#;
+    let pair = |one: &str| format!("ARRAY[{one}, {one}]");
+    let value = |n: usize| match n {
+        1 => ":uid".to_string(),
+        2 => "ARRAY[:sku]::bigint[]".to_string(),
+        3 => "'{1}'::bigint[]".to_string(),
+        4 => "'awaiting payment'".to_string(),
+        5 => "'failed'".to_string(),
+        6 => "2".to_string(),
+        7 => ":id".to_string(),
+        8 => "'bench.bare'".to_string(),
+        9 => "ARRAY[:id::text, :id::text]".to_string(),
+        10 | 12 => pair(&payload),
+        11 | 13 => pair(headers),
+        _ => panic!("OrderCreate has no parameter ${n}"),
+    };
+    // $13 before $1: a longer number first, so that $1 never takes $13's prefix.
+    let mut sql = loms::storage::CREATE_ORDER.to_string();
+    for n in (1..=13).rev() {
+        sql = sql.replace(&format!("${n}"), &value(n));
+    }
+    let (first, last) = (FIRST_LOAD_SKU, FIRST_LOAD_SKU + LOAD_SKUS - 1);
+    format!(
+        "\\set sku random({first}, {last})\n\\set uid random(1, 1000000)\n\\set id random(1, 9000000000000000000)\n{sql};\n"
+    )
+}
+
+/// The relay's work in the outbox, stood in for: delete the oldest rows, a batch at a time.
+const RELAY_STAND_IN: &str =
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 256);\n";
+
+/// Orders per second of loms's OrderCreate statement run bare by pgbench (prepared) with
+/// `clients` for `secs` on `database` (a load database), beside one client standing in for the
+/// relay.
+pub fn bare_statement(database: &str, clients: u64, secs: u64, dir: &std::path::Path) -> f64 {
+    let script = dir.join("bare-order-create.sql");
+    let relay = dir.join("relay-stand-in.sql");
+    std::fs::write(&script, bare_script()).expect("write the bare statement's script");
+    std::fs::write(&relay, RELAY_STAND_IN).expect("write the relay stand-in's script");
+    let (secs, clients) = (secs.to_string(), clients.to_string());
+    let common = ["-n", "-M", "prepared", "-T", &secs];
+    let relay = spawn(
+        database,
+        &[&common[..], &["-c", "1", "-f", relay.to_str().unwrap()]].concat(),
+    );
+    let creates = spawn(
+        database,
+        &[
+            &common[..],
+            &[
+                "-c",
+                &clients,
+                "-j",
+                THREADS,
+                "-f",
+                script.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let text = checked(
+        creates.wait_with_output().expect("pgbench"),
+        "pgbench, bare statement",
+    );
+    checked(
+        relay.wait_with_output().expect("pgbench"),
+        "pgbench, relay stand-in",
+    );
+    tps_of(&text)
 }
 
 /// A fresh pgbench database.
@@ -84,9 +176,30 @@ pub fn tps(builtin: &str, clients: u64, secs: u64) -> f64 {
         "-T",
         &secs.to_string(),
     ]);
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
+    tps_of(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The bare statement, as pgbench runs it, does what OrderCreate's does: orders stored,
+    /// stock reserved, two outbox rows each (less what the relay stand-in deleted).
+    #[tokio::test]
+    async fn the_bare_statement_makes_orders_as_loms_does() {
+        let db = "bench_bare_test";
+        let url = systest::load_database(db).await;
+        let dir = std::env::temp_dir().join(format!("bench-bare-{}", testkit::unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(super::bare_statement(db, 4, 1, &dir) > 0.0);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let (orders, reserved): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM orders WHERE status = 'awaiting payment'),
+                    (SELECT sum(reserved)::bigint FROM stocks WHERE sku >= $1)",
+        )
+        .bind(systest::FIRST_LOAD_SKU)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(orders > 0);
+        assert_eq!(reserved, orders, "one unit reserved per order");
+    }
 }
