@@ -301,38 +301,11 @@ impl ShouldSample for WhileCollectorUp {
 
 pub fn init(options: &Options<'_>) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .or_else(|| options.otlp_endpoint.map(str::to_string));
-    let resource = Resource::builder()
-        .with_service_name(
-            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| options.service.to_string()),
-        )
-        .build();
-    let mut provider = SdkTracerProvider::builder().with_resource(resource);
-    let mut export_error = None;
-    let ca = std::env::var_os("OTEL_EXPORTER_OTLP_CERTIFICATE")
-        .filter(|c| !c.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| options.otlp_ca_file.map(std::path::Path::to_path_buf));
-    if let Some(endpoint) = &endpoint {
-        match exporter(endpoint, ca.as_deref()) {
-            Ok(exporter) => {
-                let config = BatchConfigBuilder::default()
-                    .with_max_queue_size(EXPORT_QUEUE)
-                    .build();
-                let processor = BatchSpanProcessor::builder(Counted(exporter))
-                    .with_batch_config(config)
-                    .build();
-                provider = provider
-                    .with_span_processor(processor)
-                    .with_sampler(WhileCollectorUp::new(Config::default().sampler));
-            }
-            Err(e) => export_error = Some(e),
-        }
-    }
-    let provider = provider.build();
+    let Export {
+        provider,
+        endpoint,
+        error: export_error,
+    } = export(options);
     let tracer = provider.tracer(options.service.to_string());
     // For spans made with the OpenTelemetry API directly (the relay's, one per event).
     opentelemetry::global::set_tracer_provider(provider.clone());
@@ -361,24 +334,7 @@ pub fn init(options: &Options<'_>) -> Telemetry {
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false);
-    let (writer, log_writer) = match options.logging {
-        Logging::InLine => (
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(DroppingStdout),
-            None,
-        ),
-        Logging::OffThePath => {
-            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-                .lossy(true)
-                .buffered_lines_limit(LOG_BUFFER_LINES)
-                .thread_name("log-writer")
-                .finish(DroppingStdout);
-            let _ = BUFFER_DROPS.set(writer.error_counter());
-            (
-                tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
-                Some(guard),
-            )
-        }
-    };
+    let (writer, log_writer) = log_writer(options.logging);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .log_internal_errors(false)
@@ -410,6 +366,80 @@ pub fn init(options: &Options<'_>) -> Telemetry {
     Telemetry {
         provider,
         _log_writer: log_writer,
+    }
+}
+
+/// The tracer provider: exporting over OTLP/HTTP when an endpoint is configured, else local.
+struct Export {
+    provider: SdkTracerProvider,
+    endpoint: Option<String>,
+    /// Why spans cannot be exported to the configured endpoint.
+    error: Option<String>,
+}
+
+fn export(options: &Options<'_>) -> Export {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| options.otlp_endpoint.map(str::to_string));
+    let resource = Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| options.service.to_string()),
+        )
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let mut error = None;
+    let ca = std::env::var_os("OTEL_EXPORTER_OTLP_CERTIFICATE")
+        .filter(|c| !c.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| options.otlp_ca_file.map(std::path::Path::to_path_buf));
+    if let Some(endpoint) = &endpoint {
+        match exporter(endpoint, ca.as_deref()) {
+            Ok(exporter) => {
+                let config = BatchConfigBuilder::default()
+                    .with_max_queue_size(EXPORT_QUEUE)
+                    .build();
+                let processor = BatchSpanProcessor::builder(Counted(exporter))
+                    .with_batch_config(config)
+                    .build();
+                provider = provider
+                    .with_span_processor(processor)
+                    .with_sampler(WhileCollectorUp::new(Config::default().sampler));
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    Export {
+        provider: provider.build(),
+        endpoint,
+        error,
+    }
+}
+
+/// Where log lines go: stdout in line, or through a bounded buffer that drops when full.
+fn log_writer(
+    logging: Logging,
+) -> (
+    tracing_subscriber::fmt::writer::BoxMakeWriter,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+) {
+    match logging {
+        Logging::InLine => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(DroppingStdout),
+            None,
+        ),
+        Logging::OffThePath => {
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(true)
+                .buffered_lines_limit(LOG_BUFFER_LINES)
+                .thread_name("log-writer")
+                .finish(DroppingStdout);
+            let _ = BUFFER_DROPS.set(writer.error_counter());
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(writer),
+                Some(guard),
+            )
+        }
     }
 }
 
