@@ -204,16 +204,21 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// An environment of `pairs`, as the tests give it to `Settings::load`.
+    fn env_of(pairs: &[(&str, &str)]) -> config::Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn flags_beat_environment_beat_defaults() {
-        let env: config::Map<String, String> = [
+        let env = env_of(&[
             ("NOTIFIER_KAFKA__GROUP_ID", "from-env"),
             ("NOTIFIER_KAFKA__TOPIC", "env-topic"),
             ("NOTIFIER_DEDUP_WINDOW", "10"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let flags = Flags {
             topic: Some("flag-topic".into()),
             kafka_properties: vec!["sasl.password=hunter2".into()],
@@ -234,7 +239,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_zero_sizes_are_refused_by_name() {
-        let env = |k: &str, v: &str| Some([(k.to_string(), v.to_string())].into_iter().collect());
+        let env = |k: &str, v: &str| Some(env_of(&[(k, v)]));
         let error = |k, v| {
             Settings::load(&Flags::default(), env(k, v))
                 .unwrap_err()
@@ -246,14 +251,11 @@ mod tests {
 
     #[test]
     fn old_names_are_read_as_the_shared_ones_and_noted() {
-        let env: config::Map<String, String> = [
+        let env = env_of(&[
             ("NOTIFIER_LOG_JSON", "true"),
             ("NOTIFIER_RETRY_MAX_MS", "900"),
             ("NOTIFIER_LOG__FILTER", "debug"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ]);
         let s = Settings::load(&Flags::default(), Some(env)).unwrap();
         assert!(s.log.json);
         assert_eq!(s.backoff_max_ms, 900);

@@ -16,19 +16,16 @@ use testkit::stack::PrivateStack;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The stack's Kafka security settings as a service's variables (`LOMS_`, `NOTIFIER_`), with
+/// The stack's Kafka security settings as a service's variables (`LOMS`, `NOTIFIER`), with
 /// `ca` as the CA file.
 fn kafka_security(prefix: &str, stack: &PrivateStack, ca: &str) -> Vec<(String, String)> {
-    [
-        ("PROTOCOL", stack.var("KAFKA_SECURITY_PROTOCOL")),
-        ("SASL_MECHANISM", stack.var("KAFKA_SASL_MECHANISM")),
-        ("SASL_USERNAME", stack.var("KAFKA_SASL_USERNAME")),
-        ("SASL_PASSWORD", stack.var("KAFKA_SASL_PASSWORD")),
-        ("CA_LOCATION", ca),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("{prefix}_KAFKA__SECURITY__{k}"), v.to_string()))
-    .collect()
+    let mut security = stack.kafka_security();
+    for (key, value) in &mut security {
+        if *key == "CA_LOCATION" {
+            *value = ca.to_string();
+        }
+    }
+    testkit::stack::security_env(prefix, &security)
 }
 
 /// A CA of nobody's: it signed none of the stack's certificates.

@@ -318,7 +318,10 @@ impl LomsProcess {
             .env("LOMS_KAFKA__BROKERS", crate::stack::brokers())
             .env("LOMS_KAFKA__TOPIC", &options.topic)
             .env("LOMS_RELAY__ENABLED", options.relay.to_string())
-            .envs(security_env("LOMS"))
+            .envs(crate::stack::security_env(
+                "LOMS",
+                &crate::stack::kafka_security(),
+            ))
             .envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut loms = Self {
             process: Process::spawn(command, &options.log, options.through_pipe),
@@ -368,14 +371,6 @@ impl LomsProcess {
     pub async fn is_relay_leader(&self) -> bool {
         relay_leader(&self.admin).await
     }
-}
-
-/// The stack's Kafka security as a service's variables (`LOMS_KAFKA__SECURITY__PROTOCOL`, ...).
-fn security_env(prefix: &str) -> Vec<(String, String)> {
-    crate::stack::kafka_security()
-        .into_iter()
-        .map(|(key, value)| (format!("{prefix}_KAFKA__SECURITY__{key}"), value))
-        .collect()
 }
 
 async fn serving(grpc: &str) -> bool {
@@ -487,7 +482,10 @@ impl NotifierOptions {
                 "NOTIFIER_KAFKA__SESSION_TIMEOUT_MS",
                 TEST_SESSION_TIMEOUT_MS,
             )
-            .envs(security_env("NOTIFIER"))
+            .envs(crate::stack::security_env(
+                "NOTIFIER",
+                &crate::stack::kafka_security(),
+            ))
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(address) = &self.metrics {
             command.args(["--metrics-addr", address]);

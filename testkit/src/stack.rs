@@ -28,20 +28,36 @@ pub fn brokers() -> String {
     var("KAFKA_BROKERS")
 }
 
-/// The stack's Kafka security as `[kafka.security]` keys (`PROTOCOL`, `SASL_MECHANISM`, ...)
-/// with their values, from what `stack.sh env` printed (`KAFKA_SECURITY_PROTOCOL`, ...): none
-/// for a plaintext stack.
+/// `[kafka.security]` keys and the `stack.sh env` variables that give them.
+const SECURITY_VARS: [(&str, &str); 5] = [
+    ("PROTOCOL", "KAFKA_SECURITY_PROTOCOL"),
+    ("SASL_MECHANISM", "KAFKA_SASL_MECHANISM"),
+    ("SASL_USERNAME", "KAFKA_SASL_USERNAME"),
+    ("SASL_PASSWORD", "KAFKA_SASL_PASSWORD"),
+    ("CA_LOCATION", "KAFKA_CA_LOCATION"),
+];
+
+/// A stack's Kafka security as `[kafka.security]` keys (`PROTOCOL`, ...) with their values, the
+/// variables read by `lookup`: none for a plaintext stack.
+fn security_from(lookup: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    SECURITY_VARS
+        .into_iter()
+        .filter_map(|(key, var)| Some((key, lookup(var).filter(|v| !v.is_empty())?)))
+        .collect()
+}
+
+/// The stack under test's Kafka security, from what `stack.sh env` printed.
 pub fn kafka_security() -> Vec<(&'static str, String)> {
-    [
-        ("PROTOCOL", "KAFKA_SECURITY_PROTOCOL"),
-        ("SASL_MECHANISM", "KAFKA_SASL_MECHANISM"),
-        ("SASL_USERNAME", "KAFKA_SASL_USERNAME"),
-        ("SASL_PASSWORD", "KAFKA_SASL_PASSWORD"),
-        ("CA_LOCATION", "KAFKA_CA_LOCATION"),
-    ]
-    .into_iter()
-    .filter_map(|(key, var)| Some((key, std::env::var(var).ok().filter(|v| !v.is_empty())?)))
-    .collect()
+    security_from(|var| std::env::var(var).ok())
+}
+
+/// `security` as a service's variables (`LOMS_KAFKA__SECURITY__PROTOCOL`, ...), for `prefix`
+/// `LOMS` or `NOTIFIER`.
+pub fn security_env(prefix: &str, security: &[(&str, String)]) -> Vec<(String, String)> {
+    security
+        .iter()
+        .map(|(key, value)| (format!("{prefix}_KAFKA__SECURITY__{key}"), value.clone()))
+        .collect()
 }
 
 /// A Kafka client configuration for the stack: its brokers, and its security if it has any.
@@ -52,17 +68,20 @@ pub fn kafka_client() -> rdkafka::ClientConfig {
     config
 }
 
-/// `config` with the stack's security properties, if it has any.
+/// `config` with the stack's security properties, if it has any: read as the services read
+/// `[kafka.security]`, and turned into librdkafka's properties by the same code.
 pub fn with_kafka_security(config: &mut rdkafka::ClientConfig) -> &mut rdkafka::ClientConfig {
-    for (key, value) in kafka_security() {
-        let property = match key {
-            "PROTOCOL" => "security.protocol",
-            "SASL_MECHANISM" => "sasl.mechanism",
-            "SASL_USERNAME" => "sasl.username",
-            "SASL_PASSWORD" => "sasl.password",
-            _ => "ssl.ca.location",
-        };
-        config.set(property, value);
+    let settings: serde_json::Map<String, serde_json::Value> = kafka_security()
+        .into_iter()
+        .map(|(key, value)| (key.to_lowercase(), value.into()))
+        .collect();
+    let security: service_runtime::kafka::Security =
+        serde_json::from_value(settings.into()).expect("the stack's security settings");
+    for (key, value) in security
+        .properties()
+        .expect("the stack's security properties")
+    {
+        config.set(key, value);
     }
     config
 }
@@ -134,6 +153,11 @@ impl PrivateStack {
             .env_remove("KAFKA_CONTROLLER_PORTS")
             .envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// Its Kafka security, as [`kafka_security`] gives the stack under test's.
+    pub fn kafka_security(&self) -> Vec<(&'static str, String)> {
+        security_from(|var| self.env.get(var).cloned())
     }
 
     /// A line of its `stack.sh env` (`DATABASE_URL`, `KAFKA_BROKERS`, ...).
