@@ -137,20 +137,36 @@ async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
     )
 }
 
+/// A rate some program reached, and what the machine's cores did meanwhile.
+struct Yardstick {
+    rate: f64,
+    cpu: Usage,
+}
+
+impl Yardstick {
+    /// PostgreSQL's CPU microseconds per transaction.
+    fn pg_us(&self) -> f64 {
+        self.cpu.of("postgres") / self.rate.max(1e-9) * 1e6
+    }
+}
+
 /// The anchor: OrderCreate's very statement, bare (pgbench), beside a relay stand-in, on a load
-/// database of its own; its rate, and what the machine's cores did meanwhile.
-async fn bare_statement_run(secs: u64) -> (f64, Usage) {
+/// database of its own, as fast as it goes or held at `rate`.
+async fn bare_statement_run(secs: u64, rate: Option<u64>) -> Yardstick {
     let db = "bench_bare";
     load_database(db).await;
-    cpu::measured(None, None, async {
-        pgbench::bare_statement(db, CLIENTS, secs, &out_dir())
+    let (rate, cpu) = cpu::measured(None, None, async {
+        pgbench::bare_statement(db, CLIENTS, secs, rate, &out_dir())
     })
-    .await
+    .await;
+    Yardstick { rate, cpu }
 }
 
 /// pgbench's rate with `builtin`, and what the machine's cores did meanwhile.
-async fn pgbench_run(builtin: &str, secs: u64) -> (f64, Usage) {
-    cpu::measured(None, None, async { pgbench::tps(builtin, CLIENTS, secs) }).await
+async fn pgbench_run(builtin: &str, secs: u64) -> Yardstick {
+    let (rate, cpu) =
+        cpu::measured(None, None, async { pgbench::tps(builtin, CLIENTS, secs) }).await;
+    Yardstick { rate, cpu }
 }
 
 fn print_cpu(cpu: &Usage) {
@@ -187,10 +203,8 @@ fn print_e2e(e: &E2e) {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let plan = if quick {
+fn plan(quick: bool) -> Plan {
+    if quick {
         Plan {
             load_secs: 8,
             e2e_secs: 6,
@@ -204,7 +218,240 @@ async fn main() {
             drain_events: 100_000,
             consume_events: 200_000,
         }
-    };
+    }
+}
+
+/// Part 1: the service's capacity and the yardsticks of the same cluster.
+struct Capacity {
+    create: Run,
+    info: Run,
+    rss_mb: (f64, f64),
+    simple_update: Yardstick,
+    select_only: Yardstick,
+    /// OrderCreate's statement bare, as fast as it goes.
+    bare: Yardstick,
+    /// The same held at the service's OrderCreate rate: PostgreSQL's fixed costs per second
+    /// (commits flushed in smaller groups, backends woken for less work) weigh on fewer orders
+    /// at a lower rate, so only this one compares CPU per order with the service's.
+    bare_at_service_rate: Yardstick,
+}
+
+impl Capacity {
+    async fn measure(secs: u64) -> Self {
+        let (create, info, rss_loms, rss_notifier) = create_and_info(secs).await;
+        for (name, run, unit) in [
+            ("OrderCreate", &create, "orders/s"),
+            ("OrderInfo", &info, "/s"),
+        ] {
+            println!(
+                "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
+                run.load.rate(),
+                run.load.p(0.5),
+                run.load.p(0.99)
+            );
+            print_cpu(&run.cpu);
+            println!(
+                "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
+                run.per_call_us("loms"),
+                run.per_call_us("postgres"),
+                run.per_call_us("load generator"),
+                run.cpu.per_op_us(run.load.rate())
+            );
+        }
+        pgbench::init();
+        let simple_update = pgbench_run("simple-update", secs).await;
+        let select_only = pgbench_run("select-only", secs).await;
+        for (name, y) in [
+            ("simple-update", &simple_update),
+            ("select-only", &select_only),
+        ] {
+            println!(
+                "   pgbench {name}, {CLIENTS} clients, {secs} s: {:.0} tps",
+                y.rate
+            );
+            print_cpu(&y.cpu);
+            println!(
+                "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us; the machine's, all parts: {:.0} us",
+                y.pg_us(),
+                y.cpu.of("load generator") / y.rate * 1e6,
+                y.cpu.per_op_us(y.rate)
+            );
+        }
+        let service_rate = create.load.rate().round().max(1.0) as u64;
+        let bare = bare_statement_run(secs, None).await;
+        let bare_at_service_rate = bare_statement_run(secs, Some(service_rate)).await;
+        let capacity = Self {
+            create,
+            info,
+            rss_mb: (rss_loms, rss_notifier),
+            simple_update,
+            select_only,
+            bare,
+            bare_at_service_rate,
+        };
+        capacity.print_bare(secs);
+        capacity
+    }
+
+    fn print_bare(&self, secs: u64) {
+        let service = self.create.per_call_us("postgres");
+        for (how, y) in [
+            ("as fast as it goes", &self.bare),
+            ("held at the service's rate", &self.bare_at_service_rate),
+        ] {
+            println!(
+                "   OrderCreate's statement bare (pgbench, prepared, {CLIENTS} clients, a relay stand-in), {how}, {secs} s: {:.0} orders/s",
+                y.rate
+            );
+            print_cpu(&y.cpu);
+            println!(
+                "     PostgreSQL CPU per order: bare {:.0} us, in the service {service:.0} us ({:.2}x)",
+                y.pg_us(),
+                service / y.pg_us()
+            );
+        }
+        let (create_bound, info_bound) = self.cpu_bounds();
+        println!(
+            "   ratios the CPU per call allows: OrderCreate {create_bound:.2} of simple-update, OrderInfo {info_bound:.2} of select-only"
+        );
+    }
+
+    /// On shared cores a ratio cannot exceed the inverse ratio of the machine's CPU per call.
+    fn cpu_bounds(&self) -> (f64, f64) {
+        let bound =
+            |y: &Yardstick, run: &Run| y.cpu.per_op_us(y.rate) / run.cpu.per_op_us(run.load.rate());
+        (
+            bound(&self.simple_update, &self.create),
+            bound(&self.select_only, &self.info),
+        )
+    }
+}
+
+/// Everything one bench run measured.
+struct Figures {
+    quick: bool,
+    cores: usize,
+    capacity: Capacity,
+    /// At half the OrderCreate capacity, at HIGH_RATE, at LOW_RATE.
+    e2e: Vec<E2e>,
+    drain: (f64, f64, usize),
+    consume: f64,
+}
+
+impl Figures {
+    fn json(&self, figures: Vec<String>) -> serde_json::Value {
+        let c = &self.capacity;
+        let (create, info) = (&c.create.load, &c.info.load);
+        let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
+        let create_pg_us = c.create.per_call_us("postgres");
+        let (cpu_bound_create, cpu_bound_info) = c.cpu_bounds();
+        let (at_half, at_high, at_low) = (&self.e2e[0], &self.e2e[1], &self.e2e[2]);
+        let (drain, raw, size) = self.drain;
+        json!({
+            "mode": if self.quick { "quick" } else { "full" },
+            "cores": self.cores,
+            "create_throughput_per_s": create.rate(),
+            "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
+            "pgbench_tps": pg_update,
+            "bare_sql_per_s": c.bare.rate,
+            "bare_sql_pg_cpu_us_per_order": c.bare.pg_us(),
+            "bare_sql_at_service_rate_per_s": c.bare_at_service_rate.rate,
+            "bare_sql_at_service_rate_pg_cpu_us_per_order": c.bare_at_service_rate.pg_us(),
+            "create_pg_cpu_us_per_order": create_pg_us,
+            "create_vs_bare_sql_pg_cpu": create_pg_us / c.bare.pg_us(),
+            "create_vs_bare_sql_at_same_rate_pg_cpu": create_pg_us / c.bare_at_service_rate.pg_us(),
+            "create_vs_pgbench": create.rate() / pg_update,
+            "cpu_cores": {
+                "create": c.create.cpu.json(),
+                "info": c.info.cpu.json(),
+                "pgbench_simple_update": c.simple_update.cpu.json(),
+                "pgbench_select_only": c.select_only.cpu.json(),
+                "bare_sql": c.bare.cpu.json(),
+                "bare_sql_at_service_rate": c.bare_at_service_rate.cpu.json(),
+            },
+            "cpu_bound_create_vs_pgbench": cpu_bound_create,
+            "cpu_bound_info_vs_pgbench_select_only": cpu_bound_info,
+            "info_throughput_per_s": info.rate(),
+            "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
+            "pgbench_select_only_tps": pg_select,
+            "info_vs_pgbench_select_only": info.rate() / pg_select,
+            // Each run's figures named by its rate (every run's in full in e2e_runs).
+            "e2e_latency_ms_at_half_capacity": {"rate_per_s": at_half.rate, "p50": at_half.p(0.5), "p95": at_half.p(0.95), "p99": at_half.p(0.99)},
+            format!("e2e_latency_ms_at_{HIGH_RATE}_per_s"): {"p50": at_high.p(0.5), "p95": at_high.p(0.95), "p99": at_high.p(0.99)},
+            format!("e2e_latency_ms_at_{LOW_RATE}_per_s"): {"p50": at_low.p(0.5), "p95": at_low.p(0.95), "p99": at_low.p(0.99)},
+            "e2e_runs": self.e2e.iter().map(E2e::json).collect::<Vec<_>>(),
+            "e2e_half_capacity_rate_per_s": at_half.rate,
+            "relay_drain_per_s": drain,
+            "raw_producer_per_s": raw,
+            "relay_vs_raw": drain / raw,
+            "event_size_bytes": size,
+            "notifier_consume_per_s": self.consume,
+            "rss_mb": {"loms": c.rss_mb.0, "notifier": c.rss_mb.1},
+            "figures": figures,
+        })
+    }
+
+    fn print_table(&self) {
+        let c = &self.capacity;
+        let (create, info) = (&c.create.load, &c.info.load);
+        let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
+        let create_pg_us = c.create.per_call_us("postgres");
+        let (same_rate, flat_out) = (&c.bare_at_service_rate, &c.bare);
+        println!("| measure | figure | goal |");
+        println!("|---|---|---|");
+        println!(
+            "| OrderCreate, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench simple-update {pg_update:.0} tps | >= 0.7 |",
+            create.rate(),
+            create.rate() / pg_update
+        );
+        println!(
+            "| PostgreSQL CPU per order | service {create_pg_us:.0} us; the bare statement at the same rate ({:.0}/s) {:.0} us: {:.2}x; flat out ({:.0}/s) {:.0} us: {:.2}x | <= 1.3x |",
+            same_rate.rate,
+            same_rate.pg_us(),
+            create_pg_us / same_rate.pg_us(),
+            flat_out.rate,
+            flat_out.pg_us(),
+            create_pg_us / flat_out.pg_us()
+        );
+        println!(
+            "| OrderInfo, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench select-only {pg_select:.0} tps | >= 0.4 |",
+            info.rate(),
+            info.rate() / pg_select
+        );
+        for (e, goal) in self
+            .e2e
+            .iter()
+            .zip(["p99 <= 20, p50 <= 5 ms", "p99 <= 30 ms", ""])
+        {
+            println!(
+                "| end to end at {}/s | p50 {:.1} / p95 {:.1} / p99 {:.1} / p99.9 {:.1} ms | {goal} |",
+                e.rate,
+                e.p(0.5),
+                e.p(0.95),
+                e.p(0.99),
+                e.p(0.999)
+            );
+        }
+        let (drain, raw, _) = self.drain;
+        println!(
+            "| relay drain | {drain:.0} events/s, {:.2} of the raw producer's {raw:.0}/s | >= 0.7 |",
+            drain / raw
+        );
+        println!(
+            "| notifier consumption | {:.0} events/s | >= 50,000/s |",
+            self.consume
+        );
+        println!(
+            "| peak RSS | loms {:.1} MB, notifier {:.1} MB | <= 64 MB each |",
+            c.rss_mb.0, c.rss_mb.1
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = plan(quick);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "bench ({}) on {cores} cores",
@@ -217,67 +464,9 @@ async fn main() {
     drain::run(WARM_UP_EVENTS).await;
     consume::run(WARM_UP_EVENTS as usize).await;
 
-    let (create_run, info_run, rss_loms, rss_notifier) = create_and_info(plan.load_secs).await;
-    let (create, info) = (&create_run.load, &info_run.load);
-    for (name, run, unit) in [
-        ("OrderCreate", &create_run, "orders/s"),
-        ("OrderInfo", &info_run, "/s"),
-    ] {
-        println!(
-            "1. {name}, {CLIENTS} clients, {} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
-            plan.load_secs,
-            run.load.rate(),
-            run.load.p(0.5),
-            run.load.p(0.99)
-        );
-        print_cpu(&run.cpu);
-        println!(
-            "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
-            run.per_call_us("loms"),
-            run.per_call_us("postgres"),
-            run.per_call_us("load generator"),
-            run.cpu.per_op_us(run.load.rate())
-        );
-    }
-    pgbench::init();
-    let (pg_update, pg_update_cpu) = pgbench_run("simple-update", plan.load_secs).await;
-    let (pg_select, pg_select_cpu) = pgbench_run("select-only", plan.load_secs).await;
-    for (name, tps, cpu) in [
-        ("simple-update", pg_update, &pg_update_cpu),
-        ("select-only", pg_select, &pg_select_cpu),
-    ] {
-        println!(
-            "   pgbench {name}, {CLIENTS} clients, {} s: {tps:.0} tps",
-            plan.load_secs
-        );
-        print_cpu(cpu);
-        println!(
-            "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us; the machine's, all parts: {:.0} us",
-            cpu.of("postgres") / tps * 1e6,
-            cpu.of("load generator") / tps * 1e6,
-            cpu.per_op_us(tps)
-        );
-    }
-    let (bare, bare_cpu) = bare_statement_run(plan.load_secs).await;
-    let bare_pg_us = bare_cpu.of("postgres") / bare * 1e6;
-    let create_pg_us = create_run.per_call_us("postgres");
-    println!(
-        "   OrderCreate's statement bare (pgbench, prepared, {CLIENTS} clients, a relay stand-in), {} s: {bare:.0} orders/s",
-        plan.load_secs
-    );
-    print_cpu(&bare_cpu);
-    println!(
-        "     PostgreSQL CPU per order: bare {bare_pg_us:.0} us, in the service {create_pg_us:.0} us ({:.2}x)",
-        create_pg_us / bare_pg_us
-    );
-    // On shared cores a ratio cannot exceed the inverse ratio of the machine's CPU per call.
-    let create_bound = pg_update_cpu.per_op_us(pg_update) / create_run.cpu.per_op_us(create.rate());
-    let info_bound = pg_select_cpu.per_op_us(pg_select) / info_run.cpu.per_op_us(info.rate());
-    println!(
-        "   ratios the CPU per call allows: OrderCreate {create_bound:.2} of simple-update, OrderInfo {info_bound:.2} of select-only"
-    );
+    let capacity = Capacity::measure(plan.load_secs).await;
 
-    let half = ((create.rate() / 2.0) as u64).max(1);
+    let half = ((capacity.create.load.rate() / 2.0) as u64).max(1);
     println!("2. end to end (reply to the notifier's log line), and per stage:");
     let mut e2e = Vec::new();
     for rate in [half, HIGH_RATE, LOW_RATE] {
@@ -285,98 +474,35 @@ async fn main() {
         print_e2e(&run);
         e2e.push(run);
     }
-    let (drain, raw, size) = drain::run(plan.drain_events).await;
+    let drain = drain::run(plan.drain_events).await;
     println!(
-        "3. relay drain of {} events ({size} B): {drain:.0} events/s; raw producer {raw:.0} msgs/s",
-        plan.drain_events
+        "3. relay drain of {} events ({} B): {:.0} events/s; raw producer {:.0} msgs/s",
+        plan.drain_events, drain.2, drain.0, drain.1
     );
     let consume = consume::run(plan.consume_events).await;
     println!(
         "4. notifier on {} events: {consume:.0} events/s",
         plan.consume_events
     );
-    println!("5. peak RSS during 1: loms {rss_loms:.1} MB, notifier {rss_notifier:.1} MB");
+    println!(
+        "5. peak RSS during 1: loms {:.1} MB, notifier {:.1} MB",
+        capacity.rss_mb.0, capacity.rss_mb.1
+    );
 
-    let figures = write_figures(create, info, &e2e);
-    let (at_half, at_high, at_low) = (&e2e[0], &e2e[1], &e2e[2]);
-    let results = json!({
-        "mode": if quick { "quick" } else { "full" },
-        "cores": cores,
-        "create_throughput_per_s": create.rate(),
-        "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
-        "pgbench_tps": pg_update,
-        "bare_sql_per_s": bare,
-        "bare_sql_pg_cpu_us_per_order": bare_pg_us,
-        "create_pg_cpu_us_per_order": create_pg_us,
-        "create_vs_bare_sql_pg_cpu": create_pg_us / bare_pg_us,
-        "create_vs_pgbench": create.rate() / pg_update,
-        "cpu_cores": {
-            "create": create_run.cpu.json(),
-            "info": info_run.cpu.json(),
-            "pgbench_simple_update": pg_update_cpu.json(),
-            "pgbench_select_only": pg_select_cpu.json(),
-            "bare_sql": bare_cpu.json(),
-        },
-        "cpu_bound_create_vs_pgbench": create_bound,
-        "cpu_bound_info_vs_pgbench_select_only": info_bound,
-        "info_throughput_per_s": info.rate(),
-        "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
-        "pgbench_select_only_tps": pg_select,
-        "info_vs_pgbench_select_only": info.rate() / pg_select,
-        // Each run's figures named by its rate (every run's in full in e2e_runs).
-        "e2e_latency_ms_at_half_capacity": {"rate_per_s": half, "p50": at_half.p(0.5), "p95": at_half.p(0.95), "p99": at_half.p(0.99)},
-        format!("e2e_latency_ms_at_{HIGH_RATE}_per_s"): {"p50": at_high.p(0.5), "p95": at_high.p(0.95), "p99": at_high.p(0.99)},
-        format!("e2e_latency_ms_at_{LOW_RATE}_per_s"): {"p50": at_low.p(0.5), "p95": at_low.p(0.95), "p99": at_low.p(0.99)},
-        "e2e_runs": e2e.iter().map(E2e::json).collect::<Vec<_>>(),
-        "e2e_half_capacity_rate_per_s": half,
-        "relay_drain_per_s": drain,
-        "raw_producer_per_s": raw,
-        "relay_vs_raw": drain / raw,
-        "event_size_bytes": size,
-        "notifier_consume_per_s": consume,
-        "rss_mb": {"loms": rss_loms, "notifier": rss_notifier},
-        "figures": figures,
-    });
+    let figures = write_figures(&capacity.create.load, &capacity.info.load, &e2e);
+    let measured = Figures {
+        quick,
+        cores,
+        capacity,
+        e2e,
+        drain,
+        consume,
+    };
     let path = out_dir().join("results.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&results).expect("json"))
-        .expect("write results");
+    let text = serde_json::to_string_pretty(&measured.json(figures)).expect("json");
+    std::fs::write(&path, text).expect("write results");
     println!();
-    println!("| measure | figure | goal |");
-    println!("|---|---|---|");
-    println!(
-        "| OrderCreate, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench simple-update {pg_update:.0} tps | >= 0.7 |",
-        create.rate(),
-        create.rate() / pg_update
-    );
-    println!(
-        "| PostgreSQL CPU per order | service {create_pg_us:.0} us, the bare statement {bare_pg_us:.0} us ({bare:.0}/s): {:.2}x | <= 1.3x |",
-        create_pg_us / bare_pg_us
-    );
-    println!(
-        "| OrderInfo, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench select-only {pg_select:.0} tps | >= 0.4 |",
-        info.rate(),
-        info.rate() / pg_select
-    );
-    for (e, goal) in [
-        (at_half, "p99 <= 20, p50 <= 5 ms"),
-        (at_high, "p99 <= 30 ms"),
-        (at_low, ""),
-    ] {
-        println!(
-            "| end to end at {}/s | p50 {:.1} / p95 {:.1} / p99 {:.1} / p99.9 {:.1} ms | {goal} |",
-            e.rate,
-            e.p(0.5),
-            e.p(0.95),
-            e.p(0.99),
-            e.p(0.999)
-        );
-    }
-    println!(
-        "| relay drain | {drain:.0} events/s, {:.2} of the raw producer's {raw:.0}/s | >= 0.7 |",
-        drain / raw
-    );
-    println!("| notifier consumption | {consume:.0} events/s | >= 50,000/s |");
-    println!("| peak RSS | loms {rss_loms:.1} MB, notifier {rss_notifier:.1} MB | <= 64 MB each |");
+    measured.print_table();
     println!("results: {}", path.display());
 }
 
