@@ -203,25 +203,30 @@ pub fn tps(builtin: &str, clients: u64, secs: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    /// The bare statement, as pgbench runs it, does what OrderCreate's does: orders stored,
-    /// stock reserved, two outbox rows each (less what the relay stand-in deleted).
+    /// The bare statement, as pgbench runs it, flat out and held at a rate, does what
+    /// OrderCreate's does: orders stored, stock reserved, two outbox rows each (less what the
+    /// relay stand-in deleted).
     #[tokio::test]
     async fn the_bare_statement_makes_orders_as_loms_does() {
         let db = "bench_bare_test";
         let url = systest::load_database(db).await;
         let dir = std::env::temp_dir().join(format!("bench-bare-{}", testkit::unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(super::bare_statement(db, 4, 1, None, &dir) > 0.0);
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        let (orders, reserved): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM orders WHERE status = 'awaiting payment'),
-                    (SELECT sum(reserved)::bigint FROM stocks WHERE sku >= $1)",
-        )
-        .bind(systest::FIRST_LOAD_SKU)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert!(orders > 0);
-        assert_eq!(reserved, orders, "one unit reserved per order");
+        let mut before = 0;
+        for rate in [None, Some(50)] {
+            assert!(super::bare_statement(db, 4, 1, rate, &dir) > 0.0);
+            let (orders, reserved): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM orders WHERE status = 'awaiting payment'),
+                        (SELECT sum(reserved)::bigint FROM stocks WHERE sku >= $1)",
+            )
+            .bind(systest::FIRST_LOAD_SKU)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert!(orders > before, "orders made at rate {rate:?}");
+            assert_eq!(reserved, orders, "one unit reserved per order");
+            before = orders;
+        }
     }
 }
