@@ -144,9 +144,13 @@ struct Yardstick {
 }
 
 impl Yardstick {
-    /// PostgreSQL's CPU microseconds per transaction.
+    /// CPU microseconds of `part` per transaction.
+    fn per_op_us(&self, part: &str) -> f64 {
+        self.cpu.of(part) / self.rate.max(1e-9) * 1e6
+    }
+
     fn pg_us(&self) -> f64 {
-        self.cpu.of("postgres") / self.rate.max(1e-9) * 1e6
+        self.per_op_us("postgres")
     }
 }
 
@@ -273,7 +277,7 @@ impl Capacity {
             println!(
                 "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us; the machine's, all parts: {:.0} us",
                 y.pg_us(),
-                y.cpu.of("load generator") / y.rate * 1e6,
+                y.per_op_us("load generator"),
                 y.cpu.per_op_us(y.rate)
             );
         }
@@ -293,8 +297,13 @@ impl Capacity {
         capacity
     }
 
+    /// PostgreSQL's CPU microseconds per order in the service.
+    fn create_pg_us(&self) -> f64 {
+        self.create.per_call_us("postgres")
+    }
+
     fn print_bare(&self, secs: u64) {
-        let service = self.create.per_call_us("postgres");
+        let service = self.create_pg_us();
         for (how, y) in [
             ("as fast as it goes", &self.bare),
             ("held at the service's rate", &self.bare_at_service_rate),
@@ -343,7 +352,7 @@ impl Figures {
         let c = &self.capacity;
         let (create, info) = (&c.create.load, &c.info.load);
         let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
-        let create_pg_us = c.create.per_call_us("postgres");
+        let create_pg_us = c.create_pg_us();
         let (cpu_bound_create, cpu_bound_info) = c.cpu_bounds();
         let (at_half, at_high, at_low) = (&self.e2e[0], &self.e2e[1], &self.e2e[2]);
         let (drain, raw, size) = self.drain;
@@ -395,7 +404,7 @@ impl Figures {
         let c = &self.capacity;
         let (create, info) = (&c.create.load, &c.info.load);
         let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
-        let create_pg_us = c.create.per_call_us("postgres");
+        let create_pg_us = c.create_pg_us();
         let (same_rate, flat_out) = (&c.bare_at_service_rate, &c.bare);
         println!("| measure | figure | goal |");
         println!("|---|---|---|");
