@@ -1,0 +1,105 @@
+//! PostgreSQL plans each of loms's statements once per session, not at every call, and that
+//! plan reads stock rows through their key. On a real PostgreSQL, through the very connection
+//! settings the service uses.
+
+use loms::domain::{Action, Line, NewOrder};
+use loms::outbox::Outbox;
+use loms::storage::Storage;
+use testkit::app::settings;
+
+const SKU_A: i64 = 1076963;
+const SKU_B: i64 = 1148162;
+/// More calls than the plan cache's five custom plans before it weighs a generic one.
+const CALLS: i64 = 8;
+/// A catalogue as large as the bench's: on a table of a page or two a scan is the cheaper read.
+const SKUS: i64 = 1_000;
+
+#[tokio::test]
+async fn every_statement_is_planned_once_per_session() {
+    let db = testkit::db::fresh_database().await;
+    let mut settings = settings(&db, "loms.order-events.unused", false);
+    // One session: the one whose prepared statements the test reads.
+    settings.database.max_connections = 1;
+    let pool = loms::startup::connect(&settings.database).await.unwrap();
+    loms::startup::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO stocks SELECT s, 100, 0 FROM generate_series(900000000, $1) s")
+        .bind(900_000_000 + SKUS - 1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE stocks").execute(&pool).await.unwrap();
+    let outbox = Outbox {
+        topic: settings.kafka.topic.clone(),
+        instance: "plans".into(),
+        written: Default::default(),
+        max_event_bytes: settings.kafka.max_event_bytes,
+    };
+    let storage = Storage::new(pool.clone(), outbox);
+    let facts = &[("rpc", "test")];
+    for i in 0..CALLS {
+        let order = NewOrder {
+            user_id: i + 1,
+            lines: vec![
+                Line {
+                    sku: SKU_A,
+                    count: 1,
+                },
+                Line {
+                    sku: SKU_B,
+                    count: 1 + i,
+                },
+            ],
+        };
+        let id = storage.create_order(&order, facts).await.unwrap();
+        storage.order(id).await.unwrap();
+        storage.available(SKU_A).await.unwrap();
+        let action = if i % 2 == 0 {
+            Action::Pay
+        } else {
+            Action::Cancel
+        };
+        assert!(storage.apply(id, action, facts).await.unwrap());
+    }
+    let plans: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let create = plans
+        .iter()
+        .find(|(statement, ..)| statement == loms::storage::CREATE_ORDER)
+        .expect("OrderCreate's statement prepared in the session");
+    assert_eq!(
+        create.1, CALLS,
+        "OrderCreate's statement ran on its generic plan"
+    );
+    let replanned: Vec<_> = plans.iter().filter(|(_, _, custom)| *custom > 0).collect();
+    assert!(replanned.is_empty(), "planned per call: {replanned:#?}");
+
+    // The session's generic plan of the statement, as EXPLAIN shows it for a copy of it.
+    let prepare = format!("PREPARE create_order AS {}", loms::storage::CREATE_ORDER);
+    sqlx::raw_sql(&prepare).execute(&pool).await.unwrap();
+    let nulls = vec!["NULL"; 13].join(", ");
+    let plan: Vec<(String,)> = sqlx::query_as(&format!(
+        "EXPLAIN (COSTS OFF) EXECUTE create_order({nulls})"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|(line,)| line.trim()).collect();
+    let stock_reads: Vec<_> = plan
+        .iter()
+        .filter(|l| l.contains("Scan") && l.contains(" on stocks"))
+        .collect();
+    assert_eq!(
+        stock_reads.len(),
+        2,
+        "the lock and the reservation: {plan:#?}"
+    );
+    assert!(
+        stock_reads
+            .iter()
+            .all(|l| l.contains("Index Scan using stocks_pkey")),
+        "stock rows read by their key: {plan:#?}"
+    );
+}
