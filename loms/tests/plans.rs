@@ -13,6 +13,7 @@ const SKU_B: i64 = 1148162;
 const CALLS: i64 = 8;
 /// A catalogue as large as the bench's: on a table of a page or two a scan is the cheaper read.
 const SKUS: i64 = 1_000;
+const FIRST_SKU: i64 = 900_000_000;
 
 #[tokio::test]
 async fn every_statement_is_planned_once_per_session() {
@@ -22,8 +23,9 @@ async fn every_statement_is_planned_once_per_session() {
     settings.database.max_connections = 1;
     let pool = loms::startup::connect(&settings.database).await.unwrap();
     loms::startup::migrate(&pool).await.unwrap();
-    sqlx::query("INSERT INTO stocks SELECT s, 100, 0 FROM generate_series(900000000, $1) s")
-        .bind(900_000_000 + SKUS - 1)
+    sqlx::query("INSERT INTO stocks SELECT s, 100, 0 FROM generate_series($1, $2) s")
+        .bind(FIRST_SKU)
+        .bind(FIRST_SKU + SKUS - 1)
         .execute(&pool)
         .await
         .unwrap();
