@@ -128,7 +128,12 @@ impl Usage {
 
     /// Microseconds of the machine's CPU per operation at `rate` operations per second.
     pub fn per_op_us(&self, rate: f64) -> f64 {
-        self.busy() / rate.max(1e-9) * 1e6
+        per_op_us(self.busy(), rate)
+    }
+
+    /// Microseconds of `part`'s CPU per operation at `rate` operations per second.
+    pub fn part_per_op_us(&self, part: &str, rate: f64) -> f64 {
+        per_op_us(self.of(part), rate)
     }
 
     pub fn line(&self) -> String {
@@ -157,4 +162,9 @@ pub async fn measured<T>(
     let before = sample(loms, notifier);
     let result = work.await;
     (result, Usage::between(&before, &sample(loms, notifier)))
+}
+
+/// Microseconds of CPU per operation: `cores` busy at `rate` operations per second.
+fn per_op_us(cores: f64, rate: f64) -> f64 {
+    cores / rate.max(1e-9) * 1e6
 }

@@ -74,7 +74,7 @@ struct Run {
 impl Run {
     /// CPU microseconds per call of `part`.
     fn per_call_us(&self, part: &str) -> f64 {
-        self.cpu.of(part) / self.load.rate().max(1e-9) * 1e6
+        self.cpu.part_per_op_us(part, self.load.rate())
     }
 }
 
@@ -146,7 +146,7 @@ struct Yardstick {
 impl Yardstick {
     /// CPU microseconds of `part` per transaction.
     fn per_op_us(&self, part: &str) -> f64 {
-        self.cpu.of(part) / self.rate.max(1e-9) * 1e6
+        self.cpu.part_per_op_us(part, self.rate)
     }
 
     fn pg_us(&self) -> f64 {
