@@ -179,12 +179,7 @@ async fn thousand_orders_spread_evenly_and_keep_their_order() {
 #[tokio::test]
 async fn a_failed_transaction_sends_nothing() {
     let app = TestApp::spawn_with_relay().await;
-    let outbox = loms::outbox::Outbox {
-        topic: app.topic.clone(),
-        instance: "test".into(),
-        written: Arc::new(tokio::sync::Notify::new()),
-        max_event_bytes: loms::config::KafkaSettings::default().max_event_bytes,
-    };
+    let outbox = testkit::db::outbox(&app.topic, "test");
     let lines = [loms::domain::Line {
         sku: SKU_A,
         count: 1,

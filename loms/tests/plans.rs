@@ -3,7 +3,6 @@
 //! settings the service uses.
 
 use loms::domain::{Action, Line, NewOrder};
-use loms::outbox::Outbox;
 use loms::storage::Storage;
 use testkit::app::settings;
 
@@ -30,12 +29,7 @@ async fn every_statement_is_planned_once_per_session() {
         .await
         .unwrap();
     sqlx::query("ANALYZE stocks").execute(&pool).await.unwrap();
-    let outbox = Outbox {
-        topic: settings.kafka.topic.clone(),
-        instance: "plans".into(),
-        written: Default::default(),
-        max_event_bytes: settings.kafka.max_event_bytes,
-    };
+    let outbox = testkit::db::outbox(&settings.kafka.topic, "plans");
     let storage = Storage::new(pool.clone(), outbox);
     let facts = &[("rpc", "test")];
     for i in 0..CALLS {

@@ -95,6 +95,16 @@ pub async fn stocks(pool: &PgPool) -> Vec<(i64, i64, i64)> {
 /// Orders written to the outbox per transaction by [`fill_outbox`].
 const FILL_CHUNK: usize = 1_000;
 
+/// An outbox writing events for `topic` as a loms replica named `instance` does.
+pub fn outbox(topic: &str, instance: &str) -> loms::outbox::Outbox {
+    loms::outbox::Outbox {
+        topic: topic.into(),
+        instance: instance.into(),
+        written: Default::default(),
+        max_event_bytes: loms::config::KafkaSettings::default().max_event_bytes,
+    }
+}
+
 /// Writes the events of `orders` (each through the statuses of `history`, one unit of `sku`)
 /// straight to the outbox for `topic`, as loms writes them: a backlog for the relay to drain.
 pub async fn fill_outbox(
@@ -104,13 +114,8 @@ pub async fn fill_outbox(
     sku: i64,
     history: &[loms::domain::Status],
 ) {
-    use loms::outbox::{Change, Outbox};
-    let outbox = Outbox {
-        topic: topic.into(),
-        instance: "testkit".into(),
-        written: Default::default(),
-        max_event_bytes: loms::config::KafkaSettings::default().max_event_bytes,
-    };
+    use loms::outbox::Change;
+    let outbox = outbox(topic, "testkit");
     let lines = [loms::domain::Line { sku, count: 1 }];
     let orders: Vec<i64> = orders.collect();
     for chunk in orders.chunks(FILL_CHUNK) {
