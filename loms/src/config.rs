@@ -68,6 +68,12 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Server-side limit of one statement, so that no request hangs on a lock forever.
     pub statement_timeout_ms: u64,
+    /// Most OrderCreate requests committed together in one call and one transaction: those
+    /// that arrive while every batch worker is busy wait and go together.
+    pub order_batch_max: usize,
+    /// OrderCreate batches in flight at once, each on a connection of its own; a request that
+    /// finds one of them idle goes at once, alone.
+    pub order_batch_workers: usize,
     /// Whether `loms serve` applies the migrations before it serves; off where a job of its
     /// own runs `loms migrate` first (compose does).
     pub migrate_on_start: bool,
@@ -169,6 +175,8 @@ impl Default for DatabaseSettings {
             max_connections: 32,
             acquire_timeout_ms: 3_000,
             statement_timeout_ms: 10_000,
+            order_batch_max: 64,
+            order_batch_workers: 2,
             migrate_on_start: true,
             migration_lock_timeout_ms: 5_000,
             tls: DatabaseTls::default(),
@@ -256,6 +264,14 @@ impl Settings {
                 "database.statement_timeout_ms",
                 self.database.statement_timeout_ms,
             ),
+            (
+                "database.order_batch_max",
+                self.database.order_batch_max as u64,
+            ),
+            (
+                "database.order_batch_workers",
+                self.database.order_batch_workers as u64,
+            ),
             ("kafka.max_event_bytes", self.kafka.max_event_bytes as u64),
             (
                 "relay.batch_size",
@@ -278,6 +294,12 @@ impl Settings {
             problems.push(format!(
                 "request_timeout_ms ({}) must exceed database.statement_timeout_ms ({})",
                 self.request_timeout_ms, self.database.statement_timeout_ms
+            ));
+        }
+        if self.database.order_batch_workers >= self.database.max_connections as usize {
+            problems.push(format!(
+                "database.order_batch_workers ({}) must be fewer than database.max_connections ({}): the other requests need connections too",
+                self.database.order_batch_workers, self.database.max_connections
             ));
         }
         let r = &self.relay;

@@ -2,6 +2,7 @@
 //! published to Kafka through a transactional outbox.
 
 pub mod admin;
+pub mod batcher;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -11,7 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
@@ -39,6 +39,7 @@ struct Inner {
     request_duration: Family<MethodLabel, Histogram, fn() -> Histogram>,
     relay: RelayMetrics,
     pool: PoolMetrics,
+    order_batch_size: Histogram,
 }
 
 /// The relay's figures: what it published, how it fails, and the outbox it works through.
@@ -162,6 +163,12 @@ impl Default for Metrics {
             "Time to handle a request, by method.",
             request_duration.clone(),
         );
+        let order_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "loms_order_batch_size",
+            "Orders committed together by one call of create_orders.",
+            order_batch_size.clone(),
+        );
         let relay = RelayMetrics::register(&mut registry);
         let pool = PoolMetrics::register(&mut registry);
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
@@ -173,6 +180,7 @@ impl Default for Metrics {
                 request_duration,
                 relay,
                 pool,
+                order_batch_size,
             }),
         }
     }
@@ -209,6 +217,10 @@ impl Metrics {
     }
 
     /// The pool whose connections the scrape reports.
+    pub fn order_batch(&self, orders: usize) {
+        self.inner.order_batch_size.observe(orders as f64);
+    }
+
     pub fn watch_pool(&self, pool: PgPool) {
         let _ = self.inner.pool.pool.set(pool);
     }

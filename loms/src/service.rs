@@ -170,7 +170,7 @@ impl api::Loms for LomsService {
             )?;
             let order_id = self
                 .storage
-                .create_order(&order, &[(RPC, "OrderCreate")])
+                .create_order(order, &[(RPC, "OrderCreate")])
                 .await?;
             tracing::Span::current().record("order_id", order_id);
             Ok(OrderCreateResponse { order_id })

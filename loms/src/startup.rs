@@ -16,6 +16,7 @@ use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
+use crate::batcher::Shape;
 use crate::service::{Limits, LomsService};
 use crate::storage::Storage;
 
@@ -262,7 +263,12 @@ impl Application {
             max_concurrent_requests: settings.max_concurrent_requests,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
         };
-        let service = LomsService::new(Storage::new(pool.clone(), outbox), metrics.clone(), limits);
+        let batches = Shape {
+            max_batch: settings.database.order_batch_max,
+            workers: settings.database.order_batch_workers,
+        };
+        let storage = Storage::new(pool.clone(), outbox, batches, metrics.clone());
+        let service = LomsService::new(storage, metrics.clone(), limits);
         let relay_stop = CancellationToken::new();
         let relay = if settings.relay.enabled {
             let relay = Relay {

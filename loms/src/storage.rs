@@ -7,20 +7,203 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{oneshot, Notify};
 
+use crate::batcher::{Batcher, Shape};
 use crate::domain::{Action, Line, NewOrder, Status, StockEffect, Transition};
-use crate::error::Error;
-use crate::outbox::{Change, Facts, Outbox};
+use crate::error::{DbFailure, Error};
+use crate::metrics::Metrics;
+use crate::outbox::{Change, Facts, Outbox, Rows};
 
 const NOT_ENOUGH_STOCK: &str = "not enough stock";
 /// Order ids taken from the sequence at once: one round trip serves this many orders.
 const ORDER_ID_BLOCK: i64 = 100;
+
+/// Events a new order gets: `new`, then its outcome (`awaiting payment` or `failed`).
+const EVENTS_PER_NEW_ORDER: i64 = 2;
+/// Orders waiting for a batch; the requests in flight are bounded before this anyway.
+const QUEUE_CAPACITY: usize = 4_096;
+/// Runs of a batch whose connection broke mid-call (its commit may or may not have happened:
+/// `create_orders` reports a batch committed before, rather than applying it twice).
+const LOST_RETRIES: u32 = 1;
+/// Runs of a batch that lost a serialization or lock conflict, before it is split.
+const CONFLICT_RETRIES: u32 = 3;
 
 #[derive(Clone)]
 pub struct Storage {
     pool: PgPool,
     outbox: Outbox,
     ids: Arc<IdBlock>,
+    creates: Batcher<PendingOrder>,
+}
+
+/// An order waiting for its batch, its events built for either outcome.
+struct PendingOrder {
+    order_id: i64,
+    order: NewOrder,
+    reserved_rows: Rows,
+    failed_rows: Rows,
+    reply: oneshot::Sender<Result<(NewOrder, Decided), Error>>,
+}
+
+/// How its batch decided an order.
+struct Decided {
+    reserved: bool,
+    /// (sku, units available when the order was decided) for each line whose sku has stock;
+    /// unknown when the batch had been committed by an earlier call.
+    available: Option<Vec<(i64, i64)>>,
+}
+
+/// OrderCreate's batches: one call of `create_orders`, one commit, for many orders.
+struct CreateBatches {
+    pool: PgPool,
+    topic: String,
+    written: Arc<Notify>,
+    metrics: Metrics,
+}
+
+/// What to do with a batch whose call failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Run it again as it is.
+    Retry,
+    /// Run each half on its own, the first half first, until the order at fault is alone.
+    Split,
+    /// Give every order in it the error.
+    Answer,
+}
+
+fn next_step(failure: DbFailure, runs: u32, orders: usize) -> Next {
+    match failure {
+        DbFailure::Lost if runs <= LOST_RETRIES => Next::Retry,
+        DbFailure::Conflict if runs <= CONFLICT_RETRIES => Next::Retry,
+        // The database itself is away: splitting would only fail more often.
+        DbFailure::Lost | DbFailure::Unreachable => Next::Answer,
+        DbFailure::Conflict | DbFailure::Timeout | DbFailure::Other if orders > 1 => Next::Split,
+        DbFailure::Conflict | DbFailure::Timeout | DbFailure::Other => Next::Answer,
+    }
+}
+
+/// OrderCreate's one call for a batch; public so that the bench can run it bare.
+pub const CREATE_ORDERS: &str = "SELECT outcomes, line_available FROM create_orders(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+impl CreateBatches {
+    /// Commits `orders` and answers each, whatever happens: a failure of the batch's call is
+    /// retried or split so that each order gets the answer it would have got alone, and never
+    /// reported as a business outcome.
+    async fn settle(&self, orders: Vec<PendingOrder>) {
+        let mut work = VecDeque::from([(orders, 1)]);
+        while let Some((orders, runs)) = work.pop_front() {
+            // A client that gave up (its request timed out, told to retry) is not applied.
+            let mut orders: Vec<PendingOrder> =
+                orders.into_iter().filter(|o| !o.reply.is_closed()).collect();
+            if orders.is_empty() {
+                continue;
+            }
+            self.metrics.order_batch(orders.len());
+            let failure = match self.commit(&orders).await {
+                Ok(decided) => {
+                    self.written.notify_one();
+                    for (order, decided) in orders.into_iter().zip(decided) {
+                        let _ = order.reply.send(Ok((order.order, decided)));
+                    }
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let kind = DbFailure::of(&failure);
+            let next = next_step(kind, runs, orders.len());
+            tracing::warn!(orders = orders.len(), runs, error = %failure, ?kind, ?next, "an order batch failed");
+            match next {
+                Next::Retry => work.push_front((orders, runs + 1)),
+                Next::Split => {
+                    let second = orders.split_off(orders.len() / 2);
+                    work.push_front((second, 1));
+                    work.push_front((orders, 1));
+                }
+                Next::Answer => {
+                    let failure = Arc::new(failure);
+                    for order in orders {
+                        let _ = order.reply.send(Err(Error::shared(failure.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call of `create_orders` for `orders`, in their order.
+    async fn commit(&self, orders: &[PendingOrder]) -> Result<Vec<Decided>, sqlx::Error> {
+        let n = orders.len();
+        let events = n * EVENTS_PER_NEW_ORDER as usize;
+        let (mut ids, mut user_ids, mut line_ends) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut skus, mut counts) = (Vec::new(), Vec::new());
+        let mut keys = Vec::with_capacity(events);
+        let (mut reserved_payloads, mut reserved_headers) =
+            (Vec::with_capacity(events), Vec::with_capacity(events));
+        let (mut failed_payloads, mut failed_headers) =
+            (Vec::with_capacity(events), Vec::with_capacity(events));
+        for o in orders {
+            ids.push(o.order_id);
+            user_ids.push(o.order.user_id);
+            for line in &o.order.lines {
+                skus.push(line.sku);
+                counts.push(line.count);
+            }
+            line_ends.push(i32::try_from(skus.len()).unwrap_or(i32::MAX));
+            keys.extend_from_slice(&o.reserved_rows.keys);
+            reserved_payloads.extend_from_slice(&o.reserved_rows.payloads);
+            reserved_headers.extend_from_slice(&o.reserved_rows.headers);
+            failed_payloads.extend_from_slice(&o.failed_rows.payloads);
+            failed_headers.extend_from_slice(&o.failed_rows.headers);
+        }
+        let (reserved, available): (Vec<bool>, Vec<Option<i64>>) = sqlx::query_as(CREATE_ORDERS)
+            .bind(&ids)
+            .bind(&user_ids)
+            .bind(&line_ends)
+            .bind(&skus)
+            .bind(&counts)
+            .bind(Status::created(true))
+            .bind(Status::created(false))
+            .bind(EVENTS_PER_NEW_ORDER)
+            .bind(&self.topic)
+            .bind(&keys)
+            .bind(&reserved_payloads)
+            .bind(&reserved_headers)
+            .bind(&failed_payloads)
+            .bind(&failed_headers)
+            .fetch_one(&self.pool)
+            .await?;
+        if reserved.len() != n {
+            return Err(sqlx::Error::Decode(
+                format!("create_orders decided {} orders of {n}", reserved.len()).into(),
+            ));
+        }
+        // Empty when the batch had been committed before: nothing read back.
+        let read_back = available.len() == skus.len();
+        let mut first = 0;
+        Ok(orders
+            .iter()
+            .zip(reserved)
+            .zip(line_ends)
+            .map(|((_, reserved), end)| {
+                let end = end as usize;
+                let available = read_back.then(|| {
+                    skus[first..end]
+                        .iter()
+                        .zip(&available[first..end])
+                        .filter_map(|(&sku, units)| units.map(|units| (sku, units)))
+                        .collect()
+                });
+                first = end;
+                Decided {
+                    reserved,
+                    available,
+                }
+            })
+            .collect())
+    }
 }
 
 /// Order ids taken from the orders' sequence in blocks. Ids stay unique (the sequence hands
@@ -81,10 +264,6 @@ impl Locked {
     }
 }
 
-fn columns(lines: &[Line]) -> (Vec<i64>, Vec<i64>) {
-    lines.iter().map(|l| (l.sku, l.count)).unzip()
-}
-
 fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
     skus.iter()
         .zip(counts)
@@ -92,60 +271,36 @@ fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
         .collect()
 }
 
-/// OrderCreate's one statement (see [`Storage::create_order`]); public so that the bench can
-/// measure it bare, beside the service.
-pub const CREATE_ORDER: &str = "WITH req AS (
-         SELECT * FROM unnest($2::bigint[], $3::bigint[]) AS r(sku, count)
-     ), locked AS (
-         SELECT sku, total_count - reserved AS available FROM stocks
-         WHERE sku = ANY($2) ORDER BY sku FOR UPDATE
-     ), verdict AS (
-         SELECT NOT EXISTS (
-             SELECT 1 FROM req LEFT JOIN locked l USING (sku)
-             WHERE l.available IS NULL OR l.available < req.count
-         ) AS ok
-     ), reserve AS (
-         UPDATE stocks s SET reserved = s.reserved + req.count
-         FROM req, verdict WHERE verdict.ok AND s.sku = req.sku
-     ), new_order AS (
-         INSERT INTO orders (id, user_id, status, event_seq, skus, counts)
-         SELECT $7, $1, CASE WHEN ok THEN $4 ELSE $5 END, $6, $2, $3 FROM verdict
-         RETURNING id
-     ), events AS (
-         INSERT INTO outbox (topic, key, payload, headers)
-         SELECT $8, e.k, e.p, e.h FROM new_order, verdict,
-             unnest($9::text[],
-                    CASE WHEN verdict.ok THEN $10::bytea[] ELSE $12::bytea[] END,
-                    CASE WHEN verdict.ok THEN $11::jsonb[] ELSE $13::jsonb[] END)
-                 WITH ORDINALITY AS e(k, p, h, n)
-         ORDER BY e.n
-     )
-     SELECT verdict.ok,
-            COALESCE((SELECT array_agg(sku ORDER BY sku) FROM locked), '{}'),
-            COALESCE((SELECT array_agg(available ORDER BY sku) FROM locked), '{}')
-     FROM verdict";
-
 impl Storage {
-    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+    /// Starts the OrderCreate batcher's workers (see [`crate::batcher`]).
+    pub fn new(pool: PgPool, outbox: Outbox, shape: Shape, metrics: Metrics) -> Self {
+        let batches = Arc::new(CreateBatches {
+            pool: pool.clone(),
+            topic: outbox.topic.clone(),
+            written: outbox.written.clone(),
+            metrics,
+        });
+        let creates = Batcher::spawn(shape, QUEUE_CAPACITY, move |orders| {
+            let batches = batches.clone();
+            async move { batches.settle(orders).await }
+        });
         Self {
             pool,
             outbox,
             ids: Arc::default(),
+            creates,
         }
     }
 
-    /// One round trip, one statement committing on its own: it locks the stock rows (in sku
-    /// order), decides, reserves all or nothing, stores the order with its outcome and items,
-    /// and writes the outcome's pair of events, which are built here beforehand for both
-    /// outcomes. The order id comes from a block taken from the sequence ahead of time. No other
-    /// transaction can see the order before its events are written. A `failed` order is stored
-    /// and its events written, then reported as `NotEnoughStock`.
-    pub async fn create_order(&self, order: &NewOrder, facts: Facts<'_>) -> Result<i64, Error> {
+    /// Stores a new order, reserving its lines all or nothing, with its `new` event and the
+    /// outcome's. The events are built here for both outcomes (so an event too large is refused
+    /// before anything is written); the order goes to the batcher, which commits it with the
+    /// others waiting in one call of `create_orders` (see its migration), and answers once that
+    /// committed. The order id comes from a block taken from the sequence ahead of time. A
+    /// `failed` order is stored and its events written, then reported as `NotEnoughStock`.
+    pub async fn create_order(&self, order: NewOrder, facts: Facts<'_>) -> Result<i64, Error> {
         let order_id = self.ids.next(&self.pool).await?;
-        let (skus, counts) = columns(&order.lines);
         let (reserved_status, failed_status) = (Status::created(true), Status::created(false));
-        // Both outcomes have the same number of events: `new`, then the outcome.
-        let event_seq = reserved_status.history().len() as i64;
         let change = |status, previous, sequence, reason| Change {
             order_id,
             user_id: order.user_id,
@@ -157,49 +312,44 @@ impl Storage {
             reason,
         };
         let at = SystemTime::now();
-        let outcome = |status, reason| {
+        let outcome = |status: Status, reason| {
             self.outbox.rows(
                 &[
                     change(Status::New, None, 1, None),
-                    change(status, Some(Status::New), event_seq, reason),
+                    change(status, Some(Status::New), EVENTS_PER_NEW_ORDER, reason),
                 ],
                 at,
             )
         };
         let reserved_rows = outcome(reserved_status, None)?;
-        // The event is built before the statement decides, so it names what could not be
-        // reserved as a whole; the reply names the sku short and the counts, read back.
+        // The event is built before the batch decides, so it names what could not be reserved
+        // as a whole; the reply names the sku short and the counts, read back.
         let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)))?;
-        let (reserved, locked_skus, available): (bool, Vec<i64>, Vec<i64>) =
-            sqlx::query_as(CREATE_ORDER)
-                .bind(order.user_id)
-                .bind(&skus)
-                .bind(&counts)
-                .bind(reserved_status)
-                .bind(failed_status)
-                .bind(event_seq)
-                .bind(order_id)
-                .bind(&self.outbox.topic)
-                .bind(&reserved_rows.keys)
-                .bind(&reserved_rows.payloads)
-                .bind(&reserved_rows.headers)
-                .bind(&failed_rows.payloads)
-                .bind(&failed_rows.headers)
-                .fetch_one(&self.pool)
-                .await?;
-        self.outbox.written.notify_one();
-        if reserved {
+        let (reply, decided) = oneshot::channel();
+        let pending = PendingOrder {
+            order_id,
+            order,
+            reserved_rows,
+            failed_rows,
+            reply,
+        };
+        let stopped = || Error::Internal(anyhow::anyhow!("the order batcher has stopped"));
+        self.creates.submit(pending).await.map_err(|_| stopped())?;
+        let (order, decided) = decided.await.map_err(|_| stopped())??;
+        if decided.reserved {
             return Ok(order_id);
         }
-        let available: Vec<(i64, i64)> = locked_skus.into_iter().zip(available).collect();
-        let shortage = shortage(&order.lines, &available).unwrap_or_else(|| {
-            // The database is the judge; this only explains its verdict.
-            tracing::warn!(
-                order_id,
-                "order failed although the stock read back covers it"
-            );
-            NOT_ENOUGH_STOCK.to_string()
-        });
+        let shortage = decided
+            .available
+            .and_then(|available| shortage(&order.lines, &available))
+            .unwrap_or_else(|| {
+                // The database is the judge; this only explains its verdict.
+                tracing::warn!(
+                    order_id,
+                    "order failed although the stock read back covers it"
+                );
+                NOT_ENOUGH_STOCK.to_string()
+            });
         Err(Error::NotEnoughStock { order_id, shortage })
     }
 

@@ -73,30 +73,32 @@ fn tps_of(text: &str) -> f64 {
         .unwrap_or_else(|| panic!("no tps in pgbench output: {text}"))
 }
 
-/// loms's OrderCreate statement as a pgbench script: the very SQL, its parameters as pgbench
-/// variables (one random load sku, one unit, two events of the bench's size).
+/// loms's OrderCreate call as a pgbench script, one order per call and so per transaction, as
+/// a lone request makes it: the very SQL, its parameters as pgbench variables (one random load
+/// sku, one unit, two events of the bench's size).
 fn bare_script() -> String {
     // Roughly what loms writes per event: a ~90-byte payload and a few headers.
     let payload = format!("'\\x{}'::bytea", "5a".repeat(90));
     let headers = r#"'{"event_type": "order.status_changed", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}'::jsonb"#;
     let pair = |one: &str| format!("ARRAY[{one}, {one}]");
     let value = |n: usize| match n {
-        1 => ":uid".to_string(),
-        2 => "ARRAY[:sku]::bigint[]".to_string(),
-        3 => "'{1}'::bigint[]".to_string(),
-        4 => "'awaiting payment'".to_string(),
-        5 => "'failed'".to_string(),
-        6 => "2".to_string(),
-        7 => ":id".to_string(),
-        8 => "'bench.bare'".to_string(),
-        9 => "ARRAY[:id::text, :id::text]".to_string(),
-        10 | 12 => pair(&payload),
-        11 | 13 => pair(headers),
+        1 => "ARRAY[:id]::bigint[]".to_string(),
+        2 => "ARRAY[:uid]::bigint[]".to_string(),
+        3 => "'{1}'::int[]".to_string(),
+        4 => "ARRAY[:sku]::bigint[]".to_string(),
+        5 => "'{1}'::bigint[]".to_string(),
+        6 => "'awaiting payment'".to_string(),
+        7 => "'failed'".to_string(),
+        8 => "2".to_string(),
+        9 => "'bench.bare'".to_string(),
+        10 => "ARRAY[:id::text, :id::text]".to_string(),
+        11 | 13 => pair(&payload),
+        12 | 14 => pair(headers),
         _ => panic!("OrderCreate has no parameter ${n}"),
     };
-    // $13 before $1: a longer number first, so that $1 never takes $13's prefix.
-    let mut sql = loms::storage::CREATE_ORDER.to_string();
-    for n in (1..=13).rev() {
+    // $14 before $1: a longer number first, so that $1 never takes $14's prefix.
+    let mut sql = loms::storage::CREATE_ORDERS.to_string();
+    for n in (1..=14).rev() {
         sql = sql.replace(&format!("${n}"), &value(n));
     }
     let (first, last) = (FIRST_LOAD_SKU, FIRST_LOAD_SKU + LOAD_SKUS - 1);
