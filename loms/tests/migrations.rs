@@ -99,13 +99,13 @@ async fn migrations_ignore_the_statement_timeout_and_respect_the_lock_timeout() 
 
     // Live traffic holds a lock the next migration needs: the migration gives up.
     sqlx::query(
-        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+        "DELETE FROM _sqlx_migrations WHERE version = 20260101000005",
     )
     .execute(&pool)
     .await
     .unwrap();
     let mut traffic = pool.begin().await.unwrap();
-    // The last migration indexes outbox_parked: it needs a lock on that table.
+    // That migration indexes outbox_parked: it needs a lock on that table.
     sqlx::query("LOCK TABLE outbox_parked IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *traffic)
         .await
