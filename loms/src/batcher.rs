@@ -57,6 +57,11 @@ impl<T: Send + 'static> Batcher<T> {
         Self { queue }
     }
 
+    /// Requests queued and not yet taken by a worker.
+    pub fn waiting(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queues `item` for the next free worker.
     pub async fn submit(&self, item: T) -> Result<(), Stopped> {
         self.queue.send(item).await.map_err(|_| Stopped)
@@ -93,14 +98,17 @@ mod tests {
         gate: Notify,
     }
 
-    fn recording(shape: Shape) -> (Batcher<(u32, oneshot::Sender<()>)>, Seen, Arc<Held>) {
+    /// A request: its number, and where its answer goes.
+    type Item = (u32, oneshot::Sender<()>);
+
+    fn recording(shape: Shape) -> (Batcher<Item>, Seen, Arc<Held>) {
         let seen: Seen = Arc::default();
         let held = Arc::new(Held {
             started: Notify::new(),
             gate: Notify::new(),
         });
         let (log, hold) = (seen.clone(), held.clone());
-        let batcher = Batcher::spawn(shape, 64, move |batch: Vec<(u32, oneshot::Sender<()>)>| {
+        let batcher = Batcher::spawn(shape, 64, move |batch: Vec<Item>| {
             let (log, hold) = (log.clone(), hold.clone());
             async move {
                 log.lock()

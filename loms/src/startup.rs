@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::batcher::Shape;
 use crate::config::{DatabaseSettings, Settings};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
-use crate::batcher::Shape;
 use crate::service::{Limits, LomsService};
 use crate::storage::Storage;
 

@@ -96,8 +96,10 @@ impl CreateBatches {
         let mut work = VecDeque::from([(orders, 1)]);
         while let Some((orders, runs)) = work.pop_front() {
             // A client that gave up (its request timed out, told to retry) is not applied.
-            let mut orders: Vec<PendingOrder> =
-                orders.into_iter().filter(|o| !o.reply.is_closed()).collect();
+            let mut orders: Vec<PendingOrder> = orders
+                .into_iter()
+                .filter(|o| !o.reply.is_closed())
+                .collect();
             if orders.is_empty() {
                 continue;
             }
@@ -136,8 +138,11 @@ impl CreateBatches {
     async fn commit(&self, orders: &[PendingOrder]) -> Result<Vec<Decided>, sqlx::Error> {
         let n = orders.len();
         let events = n * EVENTS_PER_NEW_ORDER as usize;
-        let (mut ids, mut user_ids, mut line_ends) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut ids, mut user_ids, mut line_ends) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         let (mut skus, mut counts) = (Vec::new(), Vec::new());
         let mut keys = Vec::with_capacity(events);
         let (mut reserved_payloads, mut reserved_headers) =
@@ -351,6 +356,11 @@ impl Storage {
                 NOT_ENOUGH_STOCK.to_string()
             });
         Err(Error::NotEnoughStock { order_id, shortage })
+    }
+
+    /// OrderCreate requests waiting for a batch worker.
+    pub fn orders_waiting(&self) -> usize {
+        self.creates.waiting()
     }
 
     /// The order with its lines: one row, by its primary key.

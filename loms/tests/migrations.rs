@@ -98,12 +98,10 @@ async fn migrations_ignore_the_statement_timeout_and_respect_the_lock_timeout() 
     assert_eq!(applied, loms::startup::MIGRATOR.iter().count() as i64);
 
     // Live traffic holds a lock the next migration needs: the migration gives up.
-    sqlx::query(
-        "DELETE FROM _sqlx_migrations WHERE version = 20260101000005",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20260101000005")
+        .execute(&pool)
+        .await
+        .unwrap();
     let mut traffic = pool.begin().await.unwrap();
     // That migration indexes outbox_parked: it needs a lock on that table.
     sqlx::query("LOCK TABLE outbox_parked IN ACCESS EXCLUSIVE MODE")

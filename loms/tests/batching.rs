@@ -1,0 +1,268 @@
+//! OrderCreate's batches on a real PostgreSQL: orders that wait behind a busy batch worker are
+//! committed together, each decided as if it were alone, in arrival order; a batch whose call
+//! fails is run again without applying anything twice.
+
+use std::time::Duration;
+
+use events_proto::OrderEvent;
+use loms::batcher::Shape;
+use loms::domain::{Line, NewOrder};
+use loms::error::Error;
+use loms::metrics::Metrics;
+use loms::storage::Storage;
+use prost::Message;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// Skus of the test's own, apart from the seed's.
+const SCARCE: i64 = 800_000_001;
+const PLENTY: i64 = 800_000_002;
+
+async fn setup() -> (PgPool, Storage, Metrics) {
+    let db = testkit::db::fresh_database().await;
+    let settings = testkit::app::settings(&db, "loms.order-events.unused", false);
+    let pool = loms::startup::connect(&settings.database).await.unwrap();
+    loms::startup::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO stocks VALUES ($1, 3, 0), ($2, 100, 0)")
+        .bind(SCARCE)
+        .bind(PLENTY)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let shape = Shape {
+        max_batch: 64,
+        workers: 1,
+    };
+    let metrics = Metrics::default();
+    let outbox = testkit::db::outbox(&settings.kafka.topic, "batching");
+    let storage = Storage::new(pool.clone(), outbox, shape, metrics.clone());
+    (pool, storage, metrics)
+}
+
+fn order(user_id: i64, lines: &[(i64, i64)]) -> NewOrder {
+    NewOrder {
+        user_id,
+        lines: lines
+            .iter()
+            .map(|&(sku, count)| Line { sku, count })
+            .collect(),
+    }
+}
+
+fn create(storage: &Storage, order: NewOrder) -> JoinHandle<Result<i64, Error>> {
+    let storage = storage.clone();
+    tokio::spawn(async move { storage.create_order(order, &[("rpc", "test")]).await })
+}
+
+/// Polls `condition` until it holds: the state awaited is in another process or task.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
+    for _ in 0..2_000 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// The backend of a `create_orders` call waiting for a row lock.
+async fn blocked_call(pool: &PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%create_orders%'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Holds `sku`'s stock row locked, so that the batch worker's next call waits for it, and starts
+/// an order that the worker takes alone and that waits there.
+async fn hold_the_worker(
+    pool: &PgPool,
+    storage: &Storage,
+    sku: i64,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    JoinHandle<Result<i64, Error>>,
+) {
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM stocks WHERE sku = $1 FOR UPDATE")
+        .bind(sku)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let first = create(storage, order(1, &[(sku, 1)]));
+    until("the first order's call waits for the lock", || async {
+        blocked_call(pool).await.is_some()
+    })
+    .await;
+    (lock, first)
+}
+
+/// Starts `orders` one after another, each queued before the next is started.
+async fn queue(storage: &Storage, orders: Vec<NewOrder>) -> Vec<JoinHandle<Result<i64, Error>>> {
+    let mut started = Vec::new();
+    for (n, order) in orders.into_iter().enumerate() {
+        started.push(create(storage, order));
+        until("the order queued", || async {
+            storage.orders_waiting() == n + 1
+        })
+        .await;
+    }
+    started
+}
+
+/// The statuses of `order_id`'s events in the outbox, in order.
+async fn event_statuses(pool: &PgPool, order_id: i64) -> Vec<String> {
+    let payloads: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE key = $1 ORDER BY id")
+            .bind(order_id.to_string())
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    payloads
+        .iter()
+        .map(|p| OrderEvent::decode(p.as_slice()).unwrap().status)
+        .collect()
+}
+
+#[tokio::test]
+async fn orders_of_one_batch_race_for_the_last_units_in_arrival_order() {
+    let (pool, storage, _) = setup().await;
+    let (lock, first) = hold_the_worker(&pool, &storage, SCARCE).await;
+    // 2 units of SCARCE are left behind the first order; these four wait for one batch.
+    let racing = queue(
+        &storage,
+        vec![
+            order(2, &[(SCARCE, 1)]),
+            order(3, &[(SCARCE, 1), (PLENTY, 1)]),
+            order(4, &[(SCARCE, 1), (PLENTY, 5)]),
+            order(5, &[(SCARCE, 1)]),
+        ],
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    let mut outcomes = Vec::new();
+    for order in racing {
+        outcomes.push(order.await.unwrap());
+    }
+
+    let won: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    assert_eq!(
+        won.len(),
+        2,
+        "as many as there were units left: {outcomes:?}"
+    );
+    assert!(
+        outcomes[0].is_ok() && outcomes[1].is_ok(),
+        "the first to arrive win"
+    );
+    let lost: Vec<i64> = outcomes[2..]
+        .iter()
+        .map(|o| match o {
+            Err(Error::NotEnoughStock { order_id, shortage }) => {
+                assert_eq!(shortage, &format!("sku {SCARCE}: 1 requested, 0 available"));
+                *order_id
+            }
+            other => panic!("a loser is told the stock ran out: {other:?}"),
+        })
+        .collect();
+    let stocks = testkit::db::stocks(&pool).await;
+    let reserved = |sku| stocks.iter().find(|s| s.0 == sku).unwrap().2;
+    assert_eq!(reserved(SCARCE), 3, "every unit sold, none twice");
+    assert_eq!(
+        reserved(PLENTY),
+        1,
+        "the two-line loser keeps no half reservation"
+    );
+    for order_id in &lost {
+        assert_eq!(event_statuses(&pool, *order_id).await, ["new", "failed"]);
+    }
+    for order_id in &won {
+        assert_eq!(
+            event_statuses(&pool, *order_id).await,
+            ["new", "awaiting payment"]
+        );
+    }
+    // One transaction made the four (they share its start time), another the first.
+    let batches: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE id = ANY($1) GROUP BY created_at ORDER BY 1",
+    )
+    .bind([&won[..], &lost[..], &[first]].concat())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(batches, [1, 4]);
+}
+
+#[tokio::test]
+async fn a_batch_whose_connection_is_cut_is_run_again_and_applied_once() {
+    let (pool, storage, metrics) = setup().await;
+    let (lock, first) = hold_the_worker(&pool, &storage, SCARCE).await;
+    let pid = blocked_call(&pool).await.unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    // The call is run again on another connection, where it waits for the lock anew.
+    until("the call runs again", || async {
+        blocked_call(&pool).await.is_some_and(|again| again != pid)
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    let order_id = first.await.unwrap().expect("the order is made");
+    assert_eq!(testkit::db::count(&pool, "orders").await, 1);
+    assert_eq!(
+        event_statuses(&pool, order_id).await,
+        ["new", "awaiting payment"]
+    );
+    let stocks = testkit::db::stocks(&pool).await;
+    assert_eq!(stocks.iter().find(|s| s.0 == SCARCE).unwrap().2, 1);
+    assert!(
+        metrics.render().contains("loms_order_batch_size_count 2"),
+        "two calls of one batch"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_committed_before_is_reported_not_applied_again() {
+    let (pool, storage, _) = setup().await;
+    let order_id = storage
+        .create_order(order(1, &[(SCARCE, 1)]), &[("rpc", "test")])
+        .await
+        .unwrap();
+    let (outbox_before, stocks_before) = (
+        testkit::db::outbox_rows(&pool).await,
+        testkit::db::stocks(&pool).await,
+    );
+    // The same call again, as after a commit whose acknowledgement was lost.
+    let again: (Vec<bool>, Vec<Option<i64>>) = sqlx::query_as(loms::storage::CREATE_ORDERS)
+        .bind([order_id])
+        .bind([1_i64])
+        .bind([1_i32])
+        .bind([SCARCE])
+        .bind([1_i64])
+        .bind("awaiting payment")
+        .bind("failed")
+        .bind(2_i64)
+        .bind("loms.order-events.unused")
+        .bind([order_id.to_string(), order_id.to_string()])
+        .bind([vec![0_u8], vec![0]])
+        .bind([serde_json::json!({}), serde_json::json!({})])
+        .bind([vec![1_u8], vec![1]])
+        .bind([serde_json::json!({}), serde_json::json!({})])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(again, (vec![true], vec![]));
+    assert_eq!(testkit::db::outbox_rows(&pool).await, outbox_before);
+    assert_eq!(testkit::db::stocks(&pool).await, stocks_before);
+    assert_eq!(testkit::db::count(&pool, "orders").await, 1);
+}
