@@ -38,6 +38,7 @@ pub struct Settings {
     /// TLS on the API's listeners (gRPC and HTTP; the admin listener stays plaintext, for
     /// probes and scrapes inside the deployment): plaintext when unset.
     pub tls: Option<ApiTls>,
+    pub connections: ConnectionSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub relay: RelaySettings,
@@ -56,6 +57,37 @@ pub struct ApiTls {
     /// The CA (PEM) client certificates must chain to; none: no client certificate is asked.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// What the API's listeners allow each client connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Connections each API listener (gRPC, HTTP) keeps open at once; one more is closed as soon
+    /// as it is accepted. Lowered at start to what the process's file-descriptor limit leaves
+    /// room for, so that the admin listener and the database always get descriptors.
+    pub max_per_listener: usize,
+    /// A connection from which nothing arrived for this long is closed (HTTP/2 clients that
+    /// answer the keepalive pings stay). Longer than `request_timeout_ms`.
+    pub idle_timeout_ms: u64,
+    /// An HTTP/1 request's headers, and a TLS handshake, must arrive within this.
+    pub header_read_timeout_ms: u64,
+    /// An HTTP/2 connection is pinged after this long without a frame...
+    pub keepalive_interval_ms: u64,
+    /// ...and closed when the ping is not answered within this.
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_per_listener: 1_000,
+            idle_timeout_ms: 60_000,
+            header_read_timeout_ms: 10_000,
+            keepalive_interval_ms: 20_000,
+            keepalive_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,6 +192,7 @@ impl Default for Settings {
             shutdown_timeout_ms: 10_000,
             shutdown_drain_ms: 1_000,
             tls: None,
+            connections: ConnectionSettings::default(),
             database: DatabaseSettings::default(),
             kafka: KafkaSettings::default(),
             relay: RelaySettings::default(),
@@ -215,6 +248,16 @@ impl Default for RelaySettings {
     }
 }
 
+impl ConnectionSettings {
+    pub fn timeouts(&self) -> crate::listeners::Timeouts {
+        crate::listeners::Timeouts {
+            header_read: Duration::from_millis(self.header_read_timeout_ms),
+            keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+        }
+    }
+}
+
 impl RelaySettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
@@ -252,6 +295,26 @@ impl Settings {
             ),
             ("request_timeout_ms", self.request_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            (
+                "connections.max_per_listener",
+                self.connections.max_per_listener as u64,
+            ),
+            (
+                "connections.idle_timeout_ms",
+                self.connections.idle_timeout_ms,
+            ),
+            (
+                "connections.header_read_timeout_ms",
+                self.connections.header_read_timeout_ms,
+            ),
+            (
+                "connections.keepalive_interval_ms",
+                self.connections.keepalive_interval_ms,
+            ),
+            (
+                "connections.keepalive_timeout_ms",
+                self.connections.keepalive_timeout_ms,
+            ),
             (
                 "database.max_connections",
                 u64::from(self.database.max_connections),
@@ -294,6 +357,12 @@ impl Settings {
             problems.push(format!(
                 "request_timeout_ms ({}) must exceed database.statement_timeout_ms ({})",
                 self.request_timeout_ms, self.database.statement_timeout_ms
+            ));
+        }
+        if self.connections.idle_timeout_ms <= self.request_timeout_ms {
+            problems.push(format!(
+                "connections.idle_timeout_ms ({}) must exceed request_timeout_ms ({}): a client waiting for its answer is not idle",
+                self.connections.idle_timeout_ms, self.request_timeout_ms
             ));
         }
         if self.database.order_batch_workers >= self.database.max_connections as usize {

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod listeners;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;

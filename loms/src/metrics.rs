@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use service_runtime::listener::ListenerMetrics;
 use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +41,7 @@ struct Inner {
     relay: RelayMetrics,
     pool: PoolMetrics,
     order_batch_size: Histogram,
+    listeners: ListenerMetrics,
 }
 
 /// The relay's figures: what it published, how it fails, and the outbox it works through.
@@ -169,6 +171,7 @@ impl Default for Metrics {
             "Orders committed together by one call of create_orders.",
             order_batch_size.clone(),
         );
+        let listeners = ListenerMetrics::register(&mut registry, "loms");
         let relay = RelayMetrics::register(&mut registry);
         let pool = PoolMetrics::register(&mut registry);
         service_runtime::telemetry::register_dropped_lines(&mut registry, "loms");
@@ -181,6 +184,7 @@ impl Default for Metrics {
                 relay,
                 pool,
                 order_batch_size,
+                listeners,
             }),
         }
     }
@@ -217,6 +221,11 @@ impl Metrics {
     }
 
     /// The pool whose connections the scrape reports.
+    /// The listeners' connection figures, for the listeners to keep.
+    pub fn listeners(&self) -> ListenerMetrics {
+        self.inner.listeners.clone()
+    }
+
     pub fn order_batch(&self, orders: usize) {
         self.inner.order_batch_size.observe(orders as f64);
     }

@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Shape;
 use crate::config::{DatabaseSettings, Settings};
+use crate::listeners::{serve_grpc, serve_http};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
 use crate::service::{Limits, LomsService};
 use crate::storage::Storage;
+use service_runtime::listener::Guard;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -299,28 +301,45 @@ impl Application {
                 listeners_stop.cancel();
             }
         });
+        let (api_guard, admin_guard) = guards(&settings);
+        let listener_metrics = metrics.listeners();
+        let guarded = |listener, name, guard| {
+            service_runtime::listener::incoming(listener, name, guard, listener_metrics.clone())
+        };
+        let timeouts = settings.connections.timeouts();
         let grpc_server = serve_grpc(
-            grpc,
+            guarded(grpc, "grpc", api_guard),
             service.clone(),
             health_service,
             settings.grpc_max_message_bytes,
             grpc_tls,
+            timeouts,
             listeners_stop.clone(),
         )?;
-        let http_server = serve_http(
-            http,
-            crate::http::router(service, settings.http_body_limit_bytes),
-            http_tls,
-            listeners_stop.clone(),
-            "HTTP server",
-        );
-        let admin_server = serve_http(
-            admin,
-            crate::admin::router(metrics, readiness),
-            None,
-            listeners_stop.clone(),
-            "admin server",
-        );
+        let http_server = async {
+            let router = crate::http::router(service, settings.http_body_limit_bytes);
+            serve_http(
+                guarded(http, "http", api_guard),
+                router,
+                http_tls,
+                timeouts,
+                listeners_stop.clone(),
+            )
+            .await
+            .context("HTTP server")
+        };
+        let admin_server = async {
+            let router = crate::admin::router(metrics, readiness);
+            serve_http(
+                guarded(admin, "admin", admin_guard),
+                router,
+                None,
+                timeouts,
+                listeners_stop.clone(),
+            )
+            .await
+            .context("admin server")
+        };
         let grace = Duration::from_millis(settings.shutdown_timeout_ms);
         let served = drain(
             async { tokio::try_join!(grpc_server, http_server, admin_server).map(drop) },
@@ -340,70 +359,45 @@ impl Application {
     }
 }
 
-/// The gRPC server with health and reflection, until `stop`.
-fn serve_grpc(
-    listener: TcpListener,
-    service: LomsService,
-    health_service: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
-    max_message_bytes: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    stop: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("gRPC TLS")?;
-    }
-    let server = builder
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(api::LomsServer::new(service).max_decoding_message_size(max_message_bytes))
-        .serve_with_incoming_shutdown(
-            // Replies are small and written at once: Nagle's algorithm would hold them back
-            // for the peer's delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move { stop.cancelled().await },
-        );
-    Ok(async { server.await.context("gRPC server") })
-}
+/// Connections the admin listener keeps open at once: probes and scrapes, a few at a time.
+const ADMIN_CONNECTIONS: usize = 32;
+/// Descriptors kept for what is not a client connection: Kafka's sockets, files, the runtime.
+const OTHER_DESCRIPTORS: u64 = 64;
 
-/// An HTTP server (axum-server: hyper, with rustls when `tls` is given) on `listener` until
-/// `stop`, then draining its connections.
-async fn serve_http(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
-    stop: CancellationToken,
-    what: &'static str,
-) -> anyhow::Result<()> {
-    use axum_server::accept::NoDelayAcceptor;
-    let handle = axum_server::Handle::new();
-    tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            stop.cancelled().await;
-            handle.graceful_shutdown(None);
+/// The API listeners' and the admin listener's guards. The API listeners' bound is lowered to
+/// what the file-descriptor limit leaves after the database, the admin listener and the rest:
+/// a flood of connections then meets refusals, not a process that cannot open a file.
+fn guards(settings: &Settings) -> (Guard, Guard) {
+    let wanted = settings.connections.max_per_listener;
+    let idle_timeout = Duration::from_millis(settings.connections.idle_timeout_ms);
+    // The request pool, and as many again for the relay and migrations at worst.
+    let database = 2 * u64::from(settings.database.max_connections);
+    let reserved = database + ADMIN_CONNECTIONS as u64 + OTHER_DESCRIPTORS;
+    let max_connections = match service_runtime::listener::descriptor_limit() {
+        Some(limit) => {
+            let room = usize::try_from(limit.saturating_sub(reserved) / 2).unwrap_or(usize::MAX);
+            let allowed = wanted.min(room.max(1));
+            if allowed < wanted {
+                tracing::warn!(
+                    wanted,
+                    allowed,
+                    descriptor_limit = limit,
+                    "connections.max_per_listener lowered to what the file-descriptor limit leaves room for (raise it with ulimit -n)"
+                );
+            }
+            allowed
         }
-    });
-    let server = axum_server::from_tcp(listener.into_std().context(what)?).handle(handle);
-    let service = router.into_make_service();
-    // As on the gRPC port: small replies go out at once, not after a delayed ACK.
-    let served = match tls {
-        None => server.acceptor(NoDelayAcceptor).serve(service).await,
-        Some(config) => {
-            let acceptor =
-                axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(NoDelayAcceptor);
-            server.acceptor(acceptor).serve(service).await
-        }
+        None => wanted,
     };
-    served.context(what)
+    let api = Guard {
+        max_connections,
+        idle_timeout,
+    };
+    let admin = Guard {
+        max_connections: ADMIN_CONNECTIONS,
+        idle_timeout,
+    };
+    (api, admin)
 }
 
 /// Runs `servers` to their end, or leaves what is still in flight `grace` after `shutdown`.

@@ -1,11 +1,10 @@
 //! TLS on the API's listeners, from `[tls]`: the same certificate for gRPC (tonic's rustls) and
-//! HTTP (axum-server's rustls), and when a client CA is given, mutual TLS on both. The files are
+//! HTTP (rustls), and when a client CA is given, mutual TLS on both. The files are
 //! read at start, so a missing or unreadable one fails the start with its name.
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -31,7 +30,7 @@ pub fn grpc(tls: &ApiTls) -> anyhow::Result<ServerTlsConfig> {
 }
 
 /// The HTTP gateway's TLS, speaking HTTP/2 and HTTP/1.1.
-pub fn http(tls: &ApiTls) -> anyhow::Result<RustlsConfig> {
+pub fn http(tls: &ApiTls) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs = certificates(&tls.cert_file, "cert_file")?;
     let key = PrivateKeyDer::from_pem_slice(&read(&tls.key_file, "key_file")?)
         .with_context(|| format!("tls.key_file {}: no private key", tls.key_file.display()))?;
@@ -55,7 +54,7 @@ pub fn http(tls: &ApiTls) -> anyhow::Result<RustlsConfig> {
         .with_single_cert(certs, key)
         .context("tls: the certificate and the key do not go together")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(RustlsConfig::from_config(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 fn certificates(

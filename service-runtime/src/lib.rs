@@ -1,10 +1,11 @@
 //! What loms and the notifier both run on, written once: logging that never holds the service,
 //! the shutdown signal, Kafka client settings with their pass-through properties, back-off, and
-//! secrets in configuration.
+//! secrets in configuration, listeners that bound their connections.
 
 pub mod backoff;
 pub mod config;
 pub mod kafka;
+pub mod listener;
 pub mod metrics;
 pub mod secret;
 pub mod shutdown;
