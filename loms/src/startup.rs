@@ -57,36 +57,42 @@ pub fn connect_options(db: &DatabaseSettings) -> anyhow::Result<PgConnectOptions
     // Keepalives and a user timeout on the server's side of every session: a client that
     // vanished without closing (a cut network, a frozen host) is dropped within about half a
     // minute, and with it its locks, the relay's advisory lock among them.
-    Ok(options.application_name("loms").options([
-        ("statement_timeout", db.statement_timeout_ms.to_string()),
-        ("tcp_keepalives_idle", "10".to_string()),
-        ("tcp_keepalives_interval", "5".to_string()),
-        ("tcp_keepalives_count", "3".to_string()),
-        ("tcp_user_timeout", "25000".to_string()),
-        // A client that went silent inside a transaction (its locks held: stock rows, an
-        // order) is rolled back by the server instead of blocking every order of those skus.
-        (
-            "idle_in_transaction_session_timeout",
-            IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
-        ),
-        // Each prepared statement is planned once per session. Left to choose, PostgreSQL
-        // planned OrderCreate's statement at every call on some statistics (250-450 us of
-        // planning per order, more than executing it takes), and on others kept a generic plan
-        // with two sequential scans of `stocks` (sizes of its array parameters unknown).
-        ("plan_cache_mode", "force_generic_plan".to_string()),
-        // loms's rows are read by key from pages in memory, where a random read costs what a
-        // sequential one does: at the default 4.0, a catalogue of 1,000 skus (16 pages) was
-        // scanned whole for every order instead of through its primary key.
-        ("random_page_cost", RANDOM_PAGE_COST.to_string()),
-    ]))
+    Ok(options
+        .application_name("loms")
+        .options([
+            ("statement_timeout", db.statement_timeout_ms.to_string()),
+            ("tcp_keepalives_idle", "10".to_string()),
+            ("tcp_keepalives_interval", "5".to_string()),
+            ("tcp_keepalives_count", "3".to_string()),
+            ("tcp_user_timeout", "25000".to_string()),
+            // A client that went silent inside a transaction (its locks held: stock rows, an
+            // order) is rolled back by the server instead of blocking every order of those skus.
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT_MS.to_string(),
+            ),
+        ])
+        .options(PLANNER_SETTINGS))
 }
+
+/// How loms's sessions plan. Each prepared statement (and each statement of `create_orders`) is
+/// planned once per session: left to choose, PostgreSQL planned OrderCreate's statement at every
+/// call on some statistics (250-450 us of planning per order, more than executing it takes), and
+/// on others kept a generic plan with two sequential scans of `stocks` (sizes of its array
+/// parameters unknown). loms's rows are read by key from pages in memory, where a random read
+/// costs what a sequential one does: at the default 4.0, a catalogue of 1,000 skus (16 pages) was
+/// scanned whole for every order instead of through its primary key. Public so that the bench
+/// runs loms's SQL bare under the same settings.
+pub const PLANNER_SETTINGS: [(&str, &str); 2] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("random_page_cost", "1.1"),
+];
 
 /// loms's transactions have no pauses of their own between statements: one idle this long is a
 /// client that is gone.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 
 /// The planner's cost of a page read out of order, relative to one read in sequence (1.0).
-const RANDOM_PAGE_COST: f64 = 1.1;
 
 /// Where `options` connect to, without the password.
 fn describe(options: &PgConnectOptions) -> String {

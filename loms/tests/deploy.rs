@@ -61,6 +61,8 @@ fn replicated_topology() {
         assert_eq!(env["KAFKA_PROCESS_ROLES"], "controller");
         assert_eq!(env["KAFKA_CONTROLLER_QUORUM_VOTERS"], voters);
         assert_eq!(env["CLUSTER_ID"], cluster);
+        // The cluster-wide default comes from the controllers: the same as the brokers'.
+        assert_eq!(env["KAFKA_MIN_INSYNC_REPLICAS"], "2", "{controller}");
         // The image refuses to start a controller that advertises listeners.
         assert!(
             !env.contains_key("KAFKA_ADVERTISED_LISTENERS"),

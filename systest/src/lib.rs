@@ -100,6 +100,8 @@ pub fn chaos_scenarios(
         for key in ["lost", "reordered", "phantom", "requests_outside_contract"] {
             assert_eq!(scenario[key], 0, "{key}: {scenario}");
         }
+        let broken = scenario["broken"].as_array().cloned().unwrap_or_default();
+        assert!(broken.is_empty(), "{broken:?}: {scenario}");
         assert!(
             scenario["events_expected"].as_u64().unwrap_or(0) > 0,
             "{scenario}"
@@ -107,4 +109,24 @@ pub fn chaos_scenarios(
         println!("{scenario}");
     }
     scenarios
+}
+
+/// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
+pub const TICKS_PER_S: f64 = 100.0;
+
+/// (utime + stime, cutime + cstime) of a process, in seconds; the second is what its exited
+/// and reaped children used (PostgreSQL's backends, pgbench).
+pub fn cpu_times(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14 to 17 of stat; 3 is the first after ')'.
+    let own = (fields.get(11)? + fields.get(12)?) / TICKS_PER_S;
+    let children = (fields.get(13)? + fields.get(14)?) / TICKS_PER_S;
+    Some((own, children))
 }

@@ -253,6 +253,8 @@ pub struct LomsOptions {
     pub env: Vec<(String, String)>,
     /// Output through a pipe with a reader that a test can kill.
     pub through_pipe: bool,
+    /// Its limit on open file descriptors (soft and hard), if not the inherited one.
+    pub open_files: Option<u64>,
 }
 
 impl LomsOptions {
@@ -268,7 +270,14 @@ impl LomsOptions {
             log: temp_log("loms"),
             env: Vec::new(),
             through_pipe: false,
+            open_files: None,
         }
+    }
+
+    /// Started under `limit` open file descriptors, as `ulimit -n` would.
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
     }
 
     /// Stdout and stderr through a pipe (see [`Process::kill_log_reader`]).
@@ -309,7 +318,16 @@ pub struct LomsProcess {
 impl LomsProcess {
     /// Starts loms and waits until its health check answers SERVING; fails if it exits first.
     pub async fn start(options: LomsOptions) -> Self {
-        let mut command = Command::new(binary("loms"));
+        let mut command = match options.open_files {
+            None => Command::new(binary("loms")),
+            // prlimit sets the limit and execs loms: the process keeps its pid.
+            Some(limit) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={limit}:{limit}"))
+                    .arg(binary("loms"));
+                c
+            }
+        };
         command
             .env("LOMS_GRPC_ADDR", &options.grpc)
             .env("LOMS_HTTP_ADDR", &options.http)

@@ -4,32 +4,13 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-
-/// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
-const TICKS_PER_S: f64 = 100.0;
+use systest::{cpu_times as times, TICKS_PER_S};
 
 /// CPU seconds used so far, per part, and by the whole machine.
 pub struct Sample {
     at: Instant,
     parts: Vec<(&'static str, f64)>,
     machine_busy: f64,
-}
-
-/// (utime + stime, cutime + cstime) of a process, in seconds; the second is what its exited
-/// and reaped children used (PostgreSQL's backends, pgbench).
-fn times(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command, which is in parentheses and may hold spaces.
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // utime, stime, cutime, cstime are fields 14 to 17 of stat; 3 is the first after ')'.
-    let own = (fields.get(11)? + fields.get(12)?) / TICKS_PER_S;
-    let children = (fields.get(13)? + fields.get(14)?) / TICKS_PER_S;
-    Some((own, children))
 }
 
 fn command(pid: u32) -> String {

@@ -52,6 +52,24 @@ impl Buckets {
 
     /// The `q` quantile in milliseconds, interpolated linearly within its bucket.
     pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.quantile(q) * 1e3
+    }
+
+    /// The upper bound of the highest bucket that holds an observation: the largest one is at
+    /// most this.
+    pub fn max_at_most(&self) -> f64 {
+        let mut below = 0;
+        for &(le, cumulative) in &self.0 {
+            if cumulative == self.count() && cumulative > below {
+                return le;
+            }
+            below = cumulative;
+        }
+        0.0
+    }
+
+    /// The `q` quantile in the histogram's unit, interpolated linearly within its bucket.
+    pub fn quantile(&self, q: f64) -> f64 {
         let total = self.count();
         if total == 0 {
             return 0.0;
@@ -61,15 +79,15 @@ impl Buckets {
         for &(le, cumulative) in &self.0 {
             if cumulative as f64 >= rank {
                 if le.is_infinite() {
-                    return lower.0 * 1e3;
+                    return lower.0;
                 }
                 let within = (cumulative - lower.1).max(1) as f64;
                 let share = (rank - lower.1 as f64) / within;
-                return (lower.0 + (le - lower.0) * share) * 1e3;
+                return lower.0 + (le - lower.0) * share;
             }
             lower = (le, cumulative);
         }
-        lower.0 * 1e3
+        lower.0
     }
 
     /// Points of the distribution: (upper bound in ms, share of observations at or below).

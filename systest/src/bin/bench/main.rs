@@ -25,6 +25,7 @@ use testkit::stack::target_dir;
 
 use crate::cpu::Usage;
 use crate::e2e::E2e;
+use crate::histogram::Buckets;
 use crate::load::Load;
 
 /// Concurrent clients of the OrderCreate and OrderInfo runs (and of pgbench's).
@@ -71,6 +72,9 @@ struct Run {
     cpu: Usage,
 }
 
+/// loms's OrderCreate batches during a run (orders per call of create_orders).
+const BATCH_SIZES: &str = "loms_order_batch_size";
+
 impl Run {
     /// CPU microseconds per call of `part`.
     fn per_call_us(&self, part: &str) -> f64 {
@@ -80,7 +84,7 @@ impl Run {
 
 /// OrderCreate with 64 clients (relay and a notifier running, as in production), then
 /// OrderInfo with 64 clients on the orders just made; and peak memory of both services.
-async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
+async fn create_and_info(secs: u64) -> (Run, Run, Buckets, f64, f64) {
     let (loms, topic) = system("create").await;
     let notifier = systest::notifier(
         &topic,
@@ -89,6 +93,7 @@ async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
     );
     let run = Duration::from_secs(secs);
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
+    let batches_before = histogram::parse(&histogram::scrape(&loms.admin).await, BATCH_SIZES);
     let (create, create_cpu) = cpu::measured(
         pids.0,
         pids.1,
@@ -100,6 +105,8 @@ async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
         }),
     )
     .await;
+    let batches =
+        histogram::parse(&histogram::scrape(&loms.admin).await, BATCH_SIZES).since(&batches_before);
     let pool = sqlx::PgPool::connect(&loms.options().database_url)
         .await
         .expect("connect");
@@ -132,6 +139,7 @@ async fn create_and_info(secs: u64) -> (Run, Run, f64, f64) {
             load: info,
             cpu: info_cpu,
         },
+        batches,
         rss.0,
         rss.1,
     )
@@ -228,6 +236,8 @@ fn plan(quick: bool) -> Plan {
 /// Part 1: the service's capacity and the yardsticks of the same cluster.
 struct Capacity {
     create: Run,
+    /// Orders per call of create_orders during the OrderCreate run.
+    batches: Buckets,
     info: Run,
     rss_mb: (f64, f64),
     simple_update: Yardstick,
@@ -242,7 +252,7 @@ struct Capacity {
 
 impl Capacity {
     async fn measure(secs: u64) -> Self {
-        let (create, info, rss_loms, rss_notifier) = create_and_info(secs).await;
+        let (create, info, batches, rss_loms, rss_notifier) = create_and_info(secs).await;
         for (name, run, unit) in [
             ("OrderCreate", &create, "orders/s"),
             ("OrderInfo", &info, "/s"),
@@ -254,6 +264,15 @@ impl Capacity {
                 run.load.p(0.99)
             );
             print_cpu(&run.cpu);
+            if name == "OrderCreate" {
+                println!(
+                    "     orders per call of create_orders: p50 {:.1}, p99 {:.1}, max <= {:.0} ({} calls)",
+                    batches.quantile(0.5),
+                    batches.quantile(0.99),
+                    batches.max_at_most(),
+                    batches.count()
+                );
+            }
             println!(
                 "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
                 run.per_call_us("loms"),
@@ -286,6 +305,7 @@ impl Capacity {
         let bare_at_service_rate = bare_statement_run(secs, Some(service_rate)).await;
         let capacity = Self {
             create,
+            batches,
             info,
             rss_mb: (rss_loms, rss_notifier),
             simple_update,
@@ -361,6 +381,7 @@ impl Figures {
             "cores": self.cores,
             "create_throughput_per_s": create.rate(),
             "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
+            "create_batch_orders": {"p50": c.batches.quantile(0.5), "p99": c.batches.quantile(0.99), "max_at_most": c.batches.max_at_most(), "calls": c.batches.count()},
             "pgbench_tps": pg_update,
             "bare_sql_per_s": c.bare.rate,
             "bare_sql_pg_cpu_us_per_order": c.bare.pg_us(),

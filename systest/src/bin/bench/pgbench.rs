@@ -48,9 +48,24 @@ fn checked(output: Output, what: &str) -> String {
 
 /// pgbench on `database` with `args`, started.
 fn spawn(database: &str, args: &[&str]) -> std::process::Child {
+    spawn_with(database, args, "")
+}
+
+/// pgbench running loms's SQL, its sessions planning as loms's do.
+fn spawn_as_loms(database: &str, args: &[&str]) -> std::process::Child {
+    let planner: Vec<String> = loms::startup::PLANNER_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={v}"))
+        .collect();
+    spawn_with(database, args, &planner.join(" "))
+}
+
+/// pgbench with the server settings `pgoptions` for its sessions.
+fn spawn_with(database: &str, args: &[&str], pgoptions: &str) -> std::process::Child {
     let (host, port, user) = server();
     Command::new(PGBENCH)
         .envs(tls_env())
+        .env("PGOPTIONS", pgoptions)
         .args(["-h", &host, "-p", &port, "-U", &user])
         .args(args)
         .arg(database)
@@ -137,7 +152,7 @@ pub fn bare_statement(
         Some(r) => (&["-R", r], &["-R", RELAY_STAND_IN_CALLS_PER_S]),
         None => (&[], &[]),
     };
-    let relay = spawn(
+    let relay = spawn_as_loms(
         database,
         &[
             &common[..],
@@ -146,7 +161,7 @@ pub fn bare_statement(
         ]
         .concat(),
     );
-    let creates = spawn(
+    let creates = spawn_as_loms(
         database,
         &[
             &common[..],

@@ -5,6 +5,7 @@
 //! scenarios of a three-node Kafka cluster (the stack must be one: `KAFKA_NODES=3`) and adds
 //! them to the report; `--only NAME[,NAME...]` runs only those.
 
+mod flood;
 mod judge;
 mod malformed;
 mod run;
@@ -36,11 +37,12 @@ struct Args {
 const QUICK: (u64, usize) = (25, 2_000);
 const FULL: (u64, usize) = (60, 10_000);
 
-/// Whether a scenario's report shows a broken guarantee.
+/// Whether a scenario's report shows a broken guarantee (or a promise of its own, `broken`).
 fn failed(report: &Value) -> bool {
     ["lost", "reordered", "phantom", "requests_outside_contract"]
         .iter()
         .any(|k| report[*k].as_u64().unwrap_or(0) > 0)
+        || report["broken"].as_array().is_some_and(|b| !b.is_empty())
 }
 
 fn print_table(reports: &[Value]) {

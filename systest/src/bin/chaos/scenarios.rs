@@ -30,19 +30,19 @@ pub struct Window {
 
 impl Fault {
     /// `quick` in a quick run, `full` otherwise.
-    fn secs(&self, quick: u64, full: u64) -> Duration {
+    pub fn secs(&self, quick: u64, full: u64) -> Duration {
         Duration::from_secs(if self.quick { quick } else { full })
     }
 
-    fn begin(&self) {
+    pub fn begin(&self) {
         self.window.lock().unwrap().begin = Some(SystemTime::now());
     }
 
-    fn end(&self) {
+    pub fn end(&self) {
         self.window.lock().unwrap().end = Some(SystemTime::now());
     }
 
-    fn note(&self, key: &str, value: Value) {
+    pub fn note(&self, key: &str, value: Value) {
         self.window.lock().unwrap().notes.insert(key.into(), value);
     }
 
@@ -110,6 +110,12 @@ pub const ALL: &[Scenario] = &[
         proxied: true,
         fault: |f| Box::pin(pg_blackhole(f)),
     },
+    Scenario {
+        name: "connection_flood",
+        replicas: 1,
+        proxied: false,
+        fault: |f| Box::pin(crate::flood::connection_flood(f)),
+    },
 ];
 
 /// The scenarios on a three-node cluster (replication factor 3, min.insync.replicas 2).
@@ -141,7 +147,7 @@ pub const REPLICATED: &[Scenario] = &[
 ];
 
 /// Load before a fault, so that it strikes mid-stream.
-const WARM_UP: Duration = Duration::from_secs(3);
+pub const WARM_UP: Duration = Duration::from_secs(3);
 /// Kills of the kill scenarios.
 const KILLS: usize = 5;
 
