@@ -92,8 +92,6 @@ pub const PLANNER_SETTINGS: [(&str, &str); 2] = [
 /// client that is gone.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 
-/// The planner's cost of a page read out of order, relative to one read in sequence (1.0).
-
 /// Where `options` connect to, without the password.
 fn describe(options: &PgConnectOptions) -> String {
     format!(
