@@ -1,5 +1,6 @@
 //! Health that follows the dependencies: NOT_SERVING (gRPC health, overall and `loms.Loms`) and
-//! 503 on `/readyz` while PostgreSQL does not answer, SERVING and 200 again once it does, and
+//! 503 on `/readyz` while PostgreSQL does not answer or will not take writes (a standby, or a
+//! primary demoted under a stale address), SERVING and 200 again once it does, and
 //! NOT_SERVING from the moment shutdown begins, a drain delay before the listeners close.
 //! `/livez` says only that the process answers.
 
@@ -69,18 +70,25 @@ pub async fn watch(
     })
 }
 
+/// Whether a session of `pool` may write: not in recovery, not read-only.
+const WRITABLE: &str =
+    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'";
+
 /// Asks PostgreSQL; a change (or, `first`, any answer) is published and logged.
 async fn probe(pool: &PgPool, reporter: &HealthReporter, readiness: &Readiness, first: bool) {
+    let asked = sqlx::query_scalar::<_, bool>(WRITABLE).fetch_one(pool);
     let answered = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
-        Ok(Ok(_))
+        tokio::time::timeout(PROBE_TIMEOUT, asked).await,
+        Ok(Ok(true))
     );
     if readiness.set(answered) || first {
         publish(reporter, answered).await;
         if answered {
             tracing::info!("health: PostgreSQL answers; SERVING");
         } else {
-            tracing::warn!("health: PostgreSQL does not answer; NOT_SERVING");
+            tracing::warn!(
+                "health: PostgreSQL does not answer, or will not take writes; NOT_SERVING"
+            );
         }
     }
 }

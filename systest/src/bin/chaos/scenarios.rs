@@ -111,6 +111,12 @@ pub const ALL: &[Scenario] = &[
         fault: |f| Box::pin(pg_blackhole(f)),
     },
     Scenario {
+        name: "notifier_pause",
+        replicas: 1,
+        proxied: false,
+        fault: |f| Box::pin(notifier_pause(f)),
+    },
+    Scenario {
         name: "connection_flood",
         replicas: 1,
         proxied: false,
@@ -185,6 +191,35 @@ async fn notifier_kill(f: Fault) {
         run.notifiers[i].restart_after_kill();
     }
     f.end();
+}
+
+/// A notifier that owns a partition stopped (SIGSTOP) for longer than its session timeout, then
+/// resumed (SIGCONT): its partition goes to the other member, which starts from the committed
+/// offset; the woken member's commits for what it no longer owns are refused by the group, and it
+/// logs that and rejoins. The judge reads the union of both logs.
+async fn notifier_pause(f: Fault) {
+    tokio::time::sleep(WARM_UP).await;
+    f.begin();
+    f.run.lock().await.notifiers[0].process.signal("STOP");
+    // The notifiers' session timeout is 10 s.
+    tokio::time::sleep(f.secs(15, 30)).await;
+    let logged_before = f.run.lock().await.notifiers[0].process.log_text().len();
+    f.run.lock().await.notifiers[0].process.signal("CONT");
+    let woken = |run: &Run| run.notifiers[0].process.log_text()[logged_before..].to_string();
+    testkit::eventually(
+        "the woken notifier rejoins",
+        Duration::from_secs(60),
+        || async { woken(&*f.run.lock().await).contains("partitions assigned") },
+    )
+    .await;
+    f.end();
+    let since = woken(&*f.run.lock().await);
+    let refusals = since
+        .lines()
+        .filter(|l| l.contains("commit") && l.contains("fail"))
+        .count();
+    f.note("woken_commit_refusals_logged", json!(refusals));
+    f.note("woken_rejoined", json!(true));
 }
 
 /// PostgreSQL stopped, then started again: the API answers Unavailable meanwhile.
