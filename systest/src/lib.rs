@@ -55,6 +55,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Longest a quick run of the chaos program may take in a test (in `timeout`'s terms).
+const CHAOS_PATIENCE: &str = "15m";
+
 /// Runs the `chaos` program with `args` for the scenarios `names` and returns their reports,
 /// having checked that nothing was lost, reordered or invented and that each saw events. With
 /// `own_stack`, on a stack of its own (what names the test's stack is left out, `env` added).
@@ -66,17 +69,20 @@ pub fn chaos_scenarios(
 ) -> Vec<serde_json::Value> {
     let report = std::env::temp_dir().join(format!("chaos-{}.json", testkit::unique()));
     let chaos = testkit::process::bin_dir().join("chaos");
-    let mut command = if own_stack {
-        let mut c = std::process::Command::new("bash");
-        c.arg(testkit::stack::root().join("deploy/local/with-stack.sh"))
+    // A run that hangs fails the test instead of holding the suite for ever.
+    let mut command = std::process::Command::new("timeout");
+    command.args(["--kill-after=30", CHAOS_PATIENCE]);
+    if own_stack {
+        command
+            .arg("bash")
+            .arg(testkit::stack::root().join("deploy/local/with-stack.sh"))
             .arg(chaos)
             .env_remove("DATABASE_URL")
             .env_remove("KAFKA_BROKERS")
             .env_remove("STACK_DIR");
-        c
     } else {
-        std::process::Command::new(chaos)
-    };
+        command.arg(chaos);
+    }
     let only = names.join(",");
     let status = command
         .args(args)

@@ -54,7 +54,8 @@ async fn probe(client: &reqwest::Client, url: &str, admin: bool, probes: &Probes
 /// took, or None if it stayed open past `patience`.
 async fn silent(address: String, patience: Duration) -> Option<Duration> {
     let opened = Instant::now();
-    let Ok(mut stream) = TcpStream::connect(&address).await else {
+    let connected = tokio::time::timeout(patience, TcpStream::connect(&address)).await;
+    let Ok(Ok(mut stream)) = connected else {
         // Refused at once: closed by the server as well.
         return Some(opened.elapsed());
     };

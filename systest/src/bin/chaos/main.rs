@@ -5,6 +5,7 @@
 //! scenarios of a three-node Kafka cluster (the stack must be one: `KAFKA_NODES=3`) and adds
 //! them to the report; `--only NAME[,NAME...]` runs only those.
 
+mod backlog;
 mod flood;
 mod judge;
 mod malformed;

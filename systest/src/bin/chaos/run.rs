@@ -82,6 +82,7 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
     let window = Arc::new(Mutex::new(Window::default()));
     (scenario.fault)(Fault {
         run: run.clone(),
+        tally: tally.clone(),
         addresses,
         quick,
         window: window.clone(),
@@ -102,8 +103,8 @@ pub async fn scenario(scenario: &Scenario, secs: u64, quick: bool) -> Value {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(at, _)| during(*at))
-            .map(|(_, ok)| *ok)
+            .filter(|c| during(c.at))
+            .map(|c| c.ok)
             .collect();
         let failed = creates.iter().filter(|ok| !**ok).count();
         report["fault_secs"] = json!(end.duration_since(begin).unwrap_or_default().as_secs_f64());

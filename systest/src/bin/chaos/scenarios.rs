@@ -15,6 +15,8 @@ use crate::run::Run;
 /// the figures of the fault's window, and may note facts of its own for the report.
 pub struct Fault {
     pub run: Arc<tokio::sync::Mutex<Run>>,
+    /// What clients were told so far.
+    pub tally: Arc<crate::workload::Tally>,
     pub addresses: Arc<Mutex<Vec<String>>>,
     pub quick: bool,
     pub window: Arc<Mutex<Window>>,
@@ -115,6 +117,12 @@ pub const ALL: &[Scenario] = &[
         replicas: 1,
         proxied: false,
         fault: |f| Box::pin(notifier_pause(f)),
+    },
+    Scenario {
+        name: "backlog_drain",
+        replicas: 1,
+        proxied: false,
+        fault: |f| Box::pin(crate::backlog::backlog_drain(f)),
     },
     Scenario {
         name: "connection_flood",

@@ -13,6 +13,9 @@ use tonic::Code;
 const ORDER_EVERY: Duration = Duration::from_millis(5);
 /// How long a client waits to connect before the call counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call may take before it counts as failed: a call whose connection went away
+/// without an answer must not hold the workload's end (and the run) for ever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Skus the workload spreads its orders over.
 const SKUS: u64 = 100;
 
@@ -25,8 +28,15 @@ pub struct Tally {
     /// Orders whose OrderCreate returned OK, with the status a later pay or cancel returned OK
     /// for, if one did.
     pub acknowledged: Mutex<Vec<(i64, Option<Status>)>>,
-    /// Every OrderCreate: when it was answered, and whether with OK.
-    pub creates: Mutex<Vec<(SystemTime, bool)>>,
+    /// Every OrderCreate answered.
+    pub creates: Mutex<Vec<Create>>,
+}
+
+/// One OrderCreate: when it was answered, whether with OK, and how long the call took.
+pub struct Create {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub took: Duration,
 }
 
 impl Tally {
@@ -74,6 +84,15 @@ pub fn start(
     })
 }
 
+/// `call`, or DeadlineExceeded once it took [`CALL_TIMEOUT`].
+async fn called<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer from loms")))
+}
+
 async fn one_order(address: &str, i: u64, tally: &Tally) {
     let Ok(Ok(mut client)) = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -91,12 +110,13 @@ async fn one_order(address: &str, i: u64, tally: &Tally) {
             count: 1,
         }],
     };
-    let reply = client.order_create(request).await;
-    tally
-        .creates
-        .lock()
-        .unwrap()
-        .push((SystemTime::now(), reply.is_ok()));
+    let started = std::time::Instant::now();
+    let reply = called(client.order_create(request)).await;
+    tally.creates.lock().unwrap().push(Create {
+        at: SystemTime::now(),
+        ok: reply.is_ok(),
+        took: started.elapsed(),
+    });
     let order_id = match reply {
         Ok(r) => {
             tally.ok.fetch_add(1, Ordering::Relaxed);
@@ -110,10 +130,10 @@ async fn one_order(address: &str, i: u64, tally: &Tally) {
         a.len() - 1
     };
     let (status, result) = if i.is_multiple_of(2) {
-        let reply = client.order_pay(OrderPayRequest { order_id }).await;
+        let reply = called(client.order_pay(OrderPayRequest { order_id })).await;
         (Status::Payed, reply.map(drop))
     } else {
-        let reply = client.order_cancel(OrderCancelRequest { order_id }).await;
+        let reply = called(client.order_cancel(OrderCancelRequest { order_id })).await;
         (Status::Cancelled, reply.map(drop))
     };
     match result {
