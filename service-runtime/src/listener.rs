@@ -56,52 +56,28 @@ impl ListenerMetrics {
     /// and `{prefix}_accept_errors`.
     pub fn register(registry: &mut Registry, prefix: &str) -> Self {
         let metrics = Self::default();
-        let entries = [
-            (
-                "connections_open",
-                "Connections open now, by listener.",
-                &metrics.open as &dyn Registered,
-            ),
-            (
-                "connections_refused",
-                "Connections closed at once because the listener had as many open as it allows.",
-                &metrics.refused,
-            ),
-            (
-                "connections_idle_closed",
-                "Connections closed because nothing arrived from the client for the idle timeout.",
-                &metrics.idle_closed,
-            ),
-            (
-                "accept_errors",
-                "Failed accepts (out of file descriptors and kin), each followed by a pause.",
-                &metrics.accept_errors,
-            ),
-        ];
-        for (name, help, metric) in entries {
-            metric.register(registry, &format!("{prefix}_{name}"), help);
-        }
+        let name = |suffix: &str| format!("{prefix}_{suffix}");
+        registry.register(
+            name("connections_open"),
+            "Connections open now, by listener.",
+            metrics.open.clone(),
+        );
+        registry.register(
+            name("connections_refused"),
+            "Connections closed at once because the listener had as many open as it allows.",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            name("connections_idle_closed"),
+            "Connections closed because nothing arrived from the client for the idle timeout.",
+            metrics.idle_closed.clone(),
+        );
+        registry.register(
+            name("accept_errors"),
+            "Failed accepts (out of file descriptors and kin), each followed by a pause.",
+            metrics.accept_errors.clone(),
+        );
         metrics
-    }
-}
-
-/// A metric family registered under a name; lets one table name them all.
-trait Registered {
-    fn register(&self, registry: &mut Registry, name: &str, help: &str);
-}
-
-impl<M> Registered for Family<ListenerLabel, M>
-where
-    M: prometheus_client::metrics::TypedMetric
-        + prometheus_client::encoding::EncodeMetric
-        + Default
-        + Send
-        + Sync
-        + std::fmt::Debug
-        + 'static,
-{
-    fn register(&self, registry: &mut Registry, name: &str, help: &str) {
-        registry.register(name, help, self.clone());
     }
 }
 

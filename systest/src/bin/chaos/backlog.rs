@@ -94,8 +94,9 @@ pub async fn backlog_drain(f: Fault) {
     let after = SystemTime::now();
     let vacuumed = Instant::now();
     let cleared_in = loop {
-        peak_dead = peak_dead.max(dead_rows(&pool).await);
-        if dead_rows(&pool).await < backlog / 10 {
+        let dead = dead_rows(&pool).await;
+        peak_dead = peak_dead.max(dead);
+        if dead < backlog / 10 {
             break Some(vacuumed.elapsed().as_secs_f64());
         }
         // How long autovacuum is given to clear the drained rows' dead tuples.
