@@ -5,5 +5,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptor_file: "loms_descriptor.bin",
         grpc: true,
         json_packages: &[".loms"],
+        http_service: Some("loms.Loms"),
     })
 }

@@ -5,5 +5,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptor_file: "events_descriptor.bin",
         grpc: false,
         json_packages: &[],
+        http_service: None,
     })
 }

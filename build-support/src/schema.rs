@@ -22,22 +22,28 @@ const FILE_DESCRIPTOR_SET: &str = "google.protobuf.FileDescriptorSet";
 
 /// Compiles `files` (relative to `root`) into a descriptor pool, without source info.
 pub fn compile(root: &Path, files: &[&str]) -> Result<DescriptorPool> {
-    let mut fds = protox::compile(files, [root])?;
+    compile_in(&[root], files)
+}
+
+/// Compiles `files`, each found in the first of `roots` holding it.
+fn compile_in(roots: &[&Path], files: &[&str]) -> Result<DescriptorPool> {
+    let mut fds = protox::compile(files, roots)?;
     for file in &mut fds.file {
         file.source_code_info = None;
     }
     Ok(DescriptorPool::decode(fds.encode_to_vec().as_slice())?)
 }
 
-/// Compiles `text` as the proto file `name` (e.g. a changed copy of one of ours, in a test).
-pub fn compile_text(name: &str, text: &str) -> Result<DescriptorPool> {
+/// Compiles `text` as the proto file `name` (e.g. a changed copy of one of ours, in a test); its
+/// imports are found in `imports`.
+pub fn compile_text(name: &str, text: &str, imports: &Path) -> Result<DescriptorPool> {
     static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("proto-{}-{copy}", std::process::id()));
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
     std::fs::write(&path, text)?;
-    let pool = compile(&dir, &[name]);
+    let pool = compile_in(&[dir.as_path(), imports], &[name]);
     let _ = std::fs::remove_dir_all(&dir);
     pool
 }

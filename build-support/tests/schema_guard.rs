@@ -10,8 +10,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `text` compiled as `name`, its imports found beside the API's protos.
 fn compile_text(name: &str, text: &str) -> DescriptorPool {
-    schema::compile_text(name, text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    schema::compile_text(name, text, &root().join(RELEASED[API].root))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 #[test]
@@ -136,12 +138,12 @@ fn messages_packages_services_and_rpcs_stay_where_they_are() {
         broken_by(API, "service Loms {", "service Orders {"),
         [Rule::ServiceRemoved]
     );
-    let rpc = "rpc OrderPay(OrderPayRequest) returns (OrderPayResponse);";
+    let rpc = "rpc OrderPay(OrderPayRequest) returns (OrderPayResponse)";
     assert_eq!(
         broken_by(
             API,
             rpc,
-            "rpc PayOrder(OrderPayRequest) returns (OrderPayResponse);"
+            "rpc PayOrder(OrderPayRequest) returns (OrderPayResponse)"
         ),
         [Rule::RpcRemoved]
     );
@@ -149,7 +151,7 @@ fn messages_packages_services_and_rpcs_stay_where_they_are() {
         broken_by(
             API,
             rpc,
-            "rpc OrderPay(OrderInfoRequest) returns (OrderPayResponse);"
+            "rpc OrderPay(OrderInfoRequest) returns (OrderPayResponse)"
         ),
         [Rule::RpcTypeChanged]
     );
@@ -157,7 +159,7 @@ fn messages_packages_services_and_rpcs_stay_where_they_are() {
         broken_by(
             API,
             rpc,
-            "rpc OrderPay(stream OrderPayRequest) returns (OrderPayResponse);"
+            "rpc OrderPay(stream OrderPayRequest) returns (OrderPayResponse)"
         ),
         [Rule::RpcTypeChanged]
     );
@@ -241,9 +243,9 @@ fn additions_pass() {
         ),
         []
     );
-    let rpc = "  rpc StocksInfo(StocksInfoRequest) returns (StocksInfoResponse);\n";
+    let rpc = "  rpc StocksInfo(";
     let added_rpc =
-        format!("{rpc}  rpc OrderList(OrderInfoRequest) returns (OrderInfoResponse);\n");
+        format!("  rpc OrderList(OrderInfoRequest) returns (OrderInfoResponse);\n{rpc}");
     assert_eq!(broken_by(API, rpc, &added_rpc), []);
     assert_eq!(
         enum_breaks("  KIND_PAID = 1;\n", "  KIND_PAID = 1;\n  KIND_NEW = 2;\n"),

@@ -3,7 +3,7 @@
 # (the Kafka broker's jars come from Maven Central), PostgreSQL 15 server and client, cmake (to
 # build librdkafka), OpenSSL's headers and pkg-config (librdkafka's TLS and SASL), openssl (the
 # secure stack's certificates), python3 (free ports), promtool (Debian's prometheus package: the
-# alert rules' tests); Rust and Go (1.24 or newer: the tests build Jaeger with it) it
+# alert rules' tests), Chromium and its WebDriver (the /docs page's test); Rust and Go (1.24 or newer: the tests build Jaeger with it) it
 # only checks, and only a missing Rust stops it. As root on Debian it installs them with apt; otherwise
 # it names the exact packages and the command, and fails. `make run`, `make test` and CI call it.
 set -euo pipefail
@@ -19,6 +19,8 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v promtool >/dev/null || need+=(prometheus) # promtool: the alert rules' tests
+command -v chromium >/dev/null || need+=(chromium) # the /docs page's test, in a real browser
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is missing: install Rust with rustup (https://rustup.rs)" >&2

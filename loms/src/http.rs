@@ -1,17 +1,14 @@
-//! HTTP/JSON gateway over the gRPC service: the contract's routes, canonical Protobuf JSON
+//! HTTP/JSON gateway over the gRPC service: the routes the proto declares, canonical Protobuf JSON
 //! (pbjson), errors as `{"code", "message", "details"}` with grpc-gateway's HTTP statuses.
 
-use std::collections::HashMap;
+use std::future::Future;
 
-use api::loms::{
-    OrderCancelRequest, OrderCreateRequest, OrderInfoRequest, OrderPayRequest, StocksInfoRequest,
-};
-use api::Loms;
+use api::{HttpRoute, Loms};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,17 +20,80 @@ struct Gateway {
     service: LomsService,
 }
 
-pub fn router(service: LomsService, body_limit: usize) -> Router {
-    Router::new()
-        .route("/order/create", post(order_create))
-        .route("/order/info", get(order_info))
-        .route("/order/pay", post(order_pay))
-        .route("/order/cancel", post(order_cancel))
-        .route("/stock/info", get(stock_info))
+/// The gateway: a route for each RPC's `google.api.http` rule (`api::HTTP_ROUTES`), the OpenAPI
+/// document at `/openapi.json` and a Swagger UI page at `/docs`. A rule naming an RPC this
+/// gateway cannot call is an error, not a route left out.
+pub fn router(service: LomsService, body_limit: usize) -> Result<Router, String> {
+    let mut router = Router::new();
+    for route in api::HTTP_ROUTES {
+        let method = MethodFilter::try_from(
+            Method::from_bytes(route.method.as_bytes()).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let endpoint = endpoint(route, method)
+            .ok_or_else(|| format!("no gateway call for the rule of {route:?}"))?;
+        router = router.route(route.path, endpoint);
+    }
+    let docs = swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+        title: Some("loms: HTTP API"),
+    };
+    Ok(router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Gateway { service })
+        .route("/openapi.json", get(openapi))
+        .merge(swagger_ui_dist::generate_routes(docs)))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        api::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+/// The handler of `route`'s RPC, or `None` for an RPC the gateway does not know.
+fn endpoint(route: &HttpRoute, method: MethodFilter) -> Option<MethodRouter<Gateway>> {
+    let b = (method, route.body);
+    Some(match route.rpc {
+        "OrderCreate" => call(b, |s, r| async move { s.order_create(r).await }),
+        "OrderInfo" => call(b, |s, r| async move { s.order_info(r).await }),
+        "OrderPay" => call(b, |s, r| async move { s.order_pay(r).await }),
+        "OrderCancel" => call(b, |s, r| async move { s.order_cancel(r).await }),
+        "StocksInfo" => call(b, |s, r| async move { s.stocks_info(r).await }),
+        _ => return None,
+    })
+}
+
+/// A handler for `method` that reads the request message from the JSON body (`from_body`) or
+/// the query string, calls the service with the caller's trace context, and writes the reply.
+fn call<Req, Resp, F, Fut>(
+    (method, from_body): (MethodFilter, bool),
+    rpc: F,
+) -> MethodRouter<Gateway>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(LomsService, tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'static,
+{
+    let handler = move |State(g): State<Gateway>, request: Request| async move {
+        let headers = request.headers().clone();
+        let message = if from_body {
+            parse_body(Bytes::from_request(request, &()).await)
+        } else {
+            parse_query(request.uri())
+        };
+        match message {
+            Ok(message) => reply(rpc(g.service, service_request(&headers, message)).await),
+            Err(e) => e.into_response(),
+        }
+    };
+    on(method, handler)
 }
 
 /// An error reply: `{"code", "message", "details"}` with the HTTP status of the gRPC code.
@@ -95,7 +155,6 @@ fn reply<T: Serialize>(result: Result<tonic::Response<T>, tonic::Status>) -> Res
 }
 
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
-type QueryParams = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 /// A JSON body in the Protobuf JSON mapping. The body limit's rejection is turned into the
 /// contract's error shape as well.
@@ -110,16 +169,18 @@ fn parse_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     serde_json::from_slice(&body).map_err(|e| invalid(format!("invalid request body: {e}")))
 }
 
-/// A 64-bit id from the query string, by its JSON name or its proto name (as grpc-gateway
-/// accepts both); absent means 0, which validation then refuses by name.
-fn query_id(query: QueryParams, name: &str, proto_name: &str) -> Result<i64, ApiError> {
-    let Query(query) = query.map_err(|e| invalid(format!("invalid query string: {e}")))?;
-    match query.get(name).or_else(|| query.get(proto_name)) {
-        None => Ok(0),
-        Some(v) => v
-            .parse()
-            .map_err(|_| invalid(format!("{name}: {v:?} is not a 64-bit integer"))),
-    }
+/// A request message from the query string: each parameter is the field of that JSON or
+/// proto name, its value read as the JSON mapping reads a string (so 64-bit ids as in a body);
+/// an absent field is its default, which validation then refuses by name.
+fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| invalid(format!("invalid query string: {e}")))?;
+    let fields: serde_json::Map<String, serde_json::Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| invalid(format!("invalid query string: {e}")))
 }
 
 /// The W3C trace context headers the gateway passes on to the service.
@@ -127,7 +188,7 @@ const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// A service request for `message`, carrying the caller's trace context from its HTTP headers
 /// as gRPC metadata, as a gRPC caller would send it.
-fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
+fn service_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut carried = HeaderMap::new();
     for name in TRACE_HEADERS {
         if let Some(value) = headers.get(name) {
@@ -139,49 +200,6 @@ fn request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
         tonic::Extensions::default(),
         message,
     )
-}
-
-async fn order_create(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    match parse_body::<OrderCreateRequest>(body) {
-        Ok(req) => reply(g.service.order_create(request(&headers, req)).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn order_pay(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    match parse_body::<OrderPayRequest>(body) {
-        Ok(req) => reply(g.service.order_pay(request(&headers, req)).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn order_cancel(State(g): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
-    match parse_body::<OrderCancelRequest>(body) {
-        Ok(req) => reply(g.service.order_cancel(request(&headers, req)).await),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn order_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryParams) -> Response {
-    match query_id(query, "orderId", "order_id") {
-        Ok(order_id) => reply(
-            g.service
-                .order_info(request(&headers, OrderInfoRequest { order_id }))
-                .await,
-        ),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn stock_info(State(g): State<Gateway>, headers: HeaderMap, query: QueryParams) -> Response {
-    match query_id(query, "sku", "sku") {
-        Ok(sku) => reply(
-            g.service
-                .stocks_info(request(&headers, StocksInfoRequest { sku }))
-                .await,
-        ),
-        Err(e) => e.into_response(),
-    }
 }
 
 async fn not_found() -> Response {

@@ -320,8 +320,10 @@ impl Application {
             timeouts,
             listeners_stop.clone(),
         )?;
+        let router = crate::http::router(service, settings.http_body_limit_bytes)
+            .map_err(anyhow::Error::msg)
+            .context("HTTP gateway")?;
         let http_server = async {
-            let router = crate::http::router(service, settings.http_body_limit_bytes);
             serve_http(
                 guarded(http, "http", api_guard),
                 router,

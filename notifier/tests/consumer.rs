@@ -239,7 +239,10 @@ async fn an_event_with_an_unknown_field_is_logged() {
         1,
     );
     assert_ne!(extended, today);
-    let pool = build_support::schema::compile_text(released.file, &extended).unwrap();
+    let imports = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(released.root);
+    let pool = build_support::schema::compile_text(released.file, &extended, &imports).unwrap();
     let mut event = DynamicMessage::new(
         pool.get_message_by_name(events_proto::MESSAGE_TYPE)
             .unwrap(),

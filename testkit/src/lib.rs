@@ -9,10 +9,12 @@
 //!   killed, waited for until gone and their ports free;
 //! - [`app`]: loms in the test's own process, on free ports;
 //! - [`jaeger`]: Jaeger on free ports, and the spans it holds of a trace;
+//! - [`browser`]: headless Chromium over WebDriver, for pages;
 //! - [`eventually`]: the one poller;
 //! - [`checks`]: the judgement of a topic's events; [`compose`]: reading the compose file.
 
 pub mod app;
+pub mod browser;
 pub mod checks;
 pub mod compose;
 pub mod db;
