@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 
-.PHONY: setup jaeger toxiproxy fuzz run test lint schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated up-secure down-secure bench bench-quick chaos chaos-quick
+.PHONY: setup jaeger toxiproxy fuzz run test lint config-reference schema-snapshot stack-up stack-down stack-status build release up down up-replicated down-replicated up-secure down-secure bench bench-quick chaos chaos-quick
 
 # What the stack and the build need, installed when this machine lacks it (see the script).
 setup:
@@ -43,6 +43,11 @@ schema-snapshot:
 # corpus it keeps is replayed by the test suite.
 fuzz:
 	deploy/local/fuzz.sh
+
+# Rewrites the configuration reference (docs/configuration.md) and the JSON Schemas of both
+# services' files (docs/schema/) from the settings types; `make test` fails while they are stale.
+config-reference:
+	UPDATE_REFERENCE=1 cargo test -q -p systest --test config_reference
 
 lint:
 	cargo fmt --all -- --check

@@ -9,14 +9,19 @@ use serde::{Deserialize, Serialize};
 use service_runtime::kafka::{Properties, Security};
 use service_runtime::telemetry::LogSettings;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
+/// The order service: its API (gRPC and the HTTP gateway), PostgreSQL, and the relay that
+/// publishes the outbox to Kafka.
 pub struct Settings {
+    /// The gRPC API's address.
     pub grpc_addr: String,
+    /// The HTTP/JSON gateway's address (with `/docs` and `/openapi.json`).
     pub http_addr: String,
     /// `/metrics`, `/readyz` and `/livez`, apart from the API.
     pub admin_addr: String,
-    /// Name of this replica in events and logs; defaults to the host name.
+    /// Name of this replica in events and logs; defaults to the host name and the process id.
+    #[schemars(extend("default" = "<host name>-<process id>"))]
     pub instance_id: String,
     /// Largest HTTP request body accepted; the default fits an order of `max_order_lines`.
     pub http_body_limit_bytes: usize,
@@ -47,7 +52,7 @@ pub struct Settings {
 
 /// One certificate for gRPC and HTTP; with a client CA, mutual TLS: a client without a
 /// certificate that CA signed is refused at the handshake.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTls {
     /// The server's certificate chain (PEM).
@@ -60,7 +65,7 @@ pub struct ApiTls {
 }
 
 /// What the API's listeners allow each client connection.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionSettings {
     /// Connections each API listener (gRPC, HTTP) keeps open at once; one more is closed as soon
@@ -90,13 +95,17 @@ impl Default for ConnectionSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// May carry a password: never printed.
     #[serde(serialize_with = "service_runtime::secret::serialize")]
+    #[schemars(with = "String")]
+    #[schemars(extend("default" = "postgres://postgres@127.0.0.1:5432/loms"))]
     pub url: SecretString,
+    /// The connection pool's size (OrderCreate batches, the other requests, the relay).
     pub max_connections: u32,
+    /// How long a request waits for a pooled connection before it is answered Unavailable.
     pub acquire_timeout_ms: u64,
     /// Server-side limit of one statement, so that no request hangs on a lock forever.
     pub statement_timeout_ms: u64,
@@ -118,7 +127,7 @@ pub struct DatabaseSettings {
 }
 
 /// libpq's TLS settings, by their libpq meaning.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseTls {
     /// `disable`, `prefer` (the default), `require`, `verify-ca` or `verify-full`.
@@ -131,11 +140,14 @@ pub struct DatabaseTls {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
     pub brokers: String,
+    /// The topic order events are published to.
     pub topic: String,
+    /// `client.id` of the relay's producer, as the brokers log it.
     pub client_id: String,
     /// How long the producer retries one message before reporting a delivery error; 0 (the
     /// default) retries until it is written or the producer fails for good, which keeps the
@@ -150,17 +162,22 @@ pub struct KafkaSettings {
     /// Extra librdkafka properties (tuning, or any security setting not named in
     /// `[kafka.security]`), passed through as they are, last.
     #[serde(serialize_with = "service_runtime::secret::serialize_map")]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
     pub properties: Properties,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
+    /// Whether this replica runs the relay (publishing the outbox; one replica at a time leads).
     pub enabled: bool,
+    /// Most outbox rows one relay cycle reads and publishes.
     pub batch_size: i64,
     /// Fallback poll for rows written by other replicas; this replica wakes the relay itself.
     pub poll_interval_ms: u64,
+    /// The first back-off after a failed cycle, doubled on each failure...
     pub backoff_initial_ms: u64,
+    /// ...up to this.
     pub backoff_max_ms: u64,
     /// PostgreSQL advisory lock key that elects the one active relay.
     pub lock_key: i64,
@@ -386,6 +403,19 @@ impl Settings {
         }
     }
 }
+
+/// The key each flag sets (`--config` names the file itself), for the configuration reference;
+/// a test holds it to what the flags do.
+pub const FLAGS: [(&str, &str); 8] = [
+    ("grpc_addr", "--grpc-addr"),
+    ("http_addr", "--http-addr"),
+    ("admin_addr", "--admin-addr"),
+    ("database.url", "--database-url"),
+    ("kafka.brokers", "--kafka-brokers"),
+    ("kafka.topic", "--kafka-topic"),
+    ("kafka.properties", "--kafka-property"),
+    ("log.json", "--log-json"),
+];
 
 /// Values given on the command line; they override everything else.
 #[derive(Debug, Default, Clone, clap::Args)]

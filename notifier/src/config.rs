@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use service_runtime::kafka::{Properties, Security};
 use service_runtime::telemetry::LogSettings;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
+/// The consumer group that logs every order event (and dead-letters what does not decode).
 pub struct Settings {
     pub kafka: KafkaSettings,
     /// Where `/metrics` is served; none by default.
@@ -17,18 +18,23 @@ pub struct Settings {
     pub dedup_window: usize,
     /// The back-off between retries of a consume or a dead-letter write (as loms's relay).
     pub backoff_initial_ms: u64,
+    /// The longest back-off.
     pub backoff_max_ms: u64,
     /// `[log]`, as loms has it.
     pub log: LogSettings,
     /// The names before both services shared theirs: still read, with a warning.
     #[serde(default, skip_serializing)]
     log_json: Option<bool>,
+    /// Old name of `log.filter`.
     #[serde(default, skip_serializing)]
     log_filter: Option<String>,
+    /// Old name of `log.otlp_endpoint`.
     #[serde(default, skip_serializing)]
     otlp_endpoint: Option<String>,
+    /// Old name of `backoff_initial_ms`.
     #[serde(default, skip_serializing)]
     retry_initial_ms: Option<u64>,
+    /// Old name of `backoff_max_ms`.
     #[serde(default, skip_serializing)]
     retry_max_ms: Option<u64>,
     /// `(old, new)` for each old name found, for the log once it is set up.
@@ -36,19 +42,25 @@ pub struct Settings {
     pub renamed: Vec<(&'static str, &'static str)>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
     pub brokers: String,
+    /// The topic of the order events.
     pub topic: String,
+    /// The consumer group: its members share the topic's partitions.
     pub group_id: String,
+    /// Where messages that do not decode are written, with why, before their offset is committed.
     pub dlq_topic: String,
+    /// `client.id`, as the brokers log it.
     pub client_id: String,
     /// TLS and SASL: `[kafka.security]`.
     pub security: Security,
     /// Extra librdkafka properties (timeouts, or any security setting not named in
     /// `[kafka.security]`), passed through as they are, last.
     #[serde(serialize_with = "service_runtime::secret::serialize_map")]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
     pub properties: Properties,
     /// A crashed member's partitions move after this long; a clean stop hands them over at once.
     pub session_timeout_ms: u64,
@@ -87,6 +99,18 @@ impl Default for KafkaSettings {
         }
     }
 }
+
+/// The key each flag sets (`--config` names the file itself), for the configuration reference;
+/// a test holds it to what the flags do.
+pub const FLAGS: [(&str, &str); 7] = [
+    ("kafka.brokers", "--kafka-brokers"),
+    ("kafka.topic", "--topic"),
+    ("kafka.group_id", "--group-id"),
+    ("kafka.dlq_topic", "--dlq-topic"),
+    ("metrics_addr", "--metrics-addr"),
+    ("kafka.properties", "--kafka-property"),
+    ("log.json", "--log-json"),
+];
 
 /// Command-line flags; they override every other layer.
 #[derive(Debug, Default, clap::Parser)]

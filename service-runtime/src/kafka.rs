@@ -28,7 +28,7 @@ pub const FAILOVER: [(&str, &str); 2] = [
 /// property (`[kafka.security]`, or `LOMS_KAFKA__SECURITY__PROTOCOL`, ...). Unset ones leave
 /// librdkafka's default (plaintext). Secrets are never printed; a password may also come from a
 /// file (a mounted secret), read when a client is created.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
     /// `security.protocol`: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
@@ -39,6 +39,7 @@ pub struct Security {
     pub sasl_username: Option<String>,
     /// `sasl.password`.
     #[serde(serialize_with = "crate::secret::serialize_option")]
+    #[schemars(with = "Option<String>")]
     pub sasl_password: Option<SecretString>,
     /// A file holding `sasl.password` (trailing newline ignored); wins over `sasl_password`.
     pub sasl_password_file: Option<PathBuf>,
@@ -51,6 +52,7 @@ pub struct Security {
     pub key_location: Option<String>,
     /// `ssl.key.password`, when the key is encrypted.
     #[serde(serialize_with = "crate::secret::serialize_option")]
+    #[schemars(with = "Option<String>")]
     pub key_password: Option<SecretString>,
 }
 

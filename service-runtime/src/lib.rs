@@ -7,6 +7,7 @@ pub mod config;
 pub mod kafka;
 pub mod listener;
 pub mod metrics;
+pub mod reference;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

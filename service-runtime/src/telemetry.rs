@@ -123,7 +123,7 @@ impl<'a> MakeWriter<'a> for DroppingStdout {
 }
 
 /// `[log]` of both services' configuration: how they log and where their spans go.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// JSON lines instead of text.
