@@ -93,11 +93,14 @@ bench-quick: release
 # Faults injected into a private stack under load: target/chaos/report.json; fails if anything
 # was lost, reordered or invented.
 # Then the three-node cluster's scenarios (leader kill, rolling restart, too few in-sync
-# replicas) on a stack of their own, added to the same report.
+# replicas) on a stack of their own, added to the same report; then PostgreSQL's failover to
+# its synchronous standby, on a stack with one.
 chaos: release toxiproxy
 	deploy/local/with-stack.sh target/release/chaos
 	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated
+	PG_STANDBY=1 deploy/local/with-stack.sh target/release/chaos --standby
 
 chaos-quick: release toxiproxy
 	deploy/local/with-stack.sh target/release/chaos --quick
 	KAFKA_NODES=3 deploy/local/with-stack.sh target/release/chaos --replicated --quick
+	PG_STANDBY=1 deploy/local/with-stack.sh target/release/chaos --standby --quick

@@ -4,6 +4,7 @@
 # deploy/kafka-init.sh (the same step the compose file runs).
 #
 #   stack.sh up | down | status | env | pg-stop | pg-start | init
+#   stack.sh pg-kill | pg-promote      SIGKILL the primary; promote the standby (PG_STANDBY=1)
 #   stack.sh kafka-stop [N] | kafka-kill [N] | kafka-start [N]    one node by number, or all
 #   stack.sh kafka-freeze [N] | kafka-thaw [N]                     SIGSTOP / SIGCONT: a node that
 #                                                                  stops answering, and back
@@ -32,7 +33,11 @@
 #   PG_TLS                 0 (default) or 1: PostgreSQL accepts TLS connections only, from
 #                          clients with a certificate of the stack's CA (CN postgres); env
 #                          prints DATABASE_URL with sslmode=verify-full and those files
-#   Both are remembered by the stack (STACK_DIR/security) for its later commands.
+#   PG_STANDBY             0 (default) or 1: a synchronous streaming standby of PostgreSQL
+#                          (pg_basebackup, synchronous_standby_names, synchronous_commit=on)
+#                          on PG_STANDBY_PORT (default PG_PORT + 1); env prints its URL as
+#                          DATABASE_STANDBY_URL
+#   All three are remembered by the stack (STACK_DIR/security) for its later commands.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,6 +72,7 @@ PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_DB=loms
 
 pg_dir=$STACK_DIR/postgres
+standby_dir=$STACK_DIR/postgres-standby
 kafka_dir=$STACK_DIR/kafka
 tls_dir=$STACK_DIR/tls
 libs=$KAFKA_LIBS_CACHE/libs
@@ -75,9 +81,17 @@ libs=$KAFKA_LIBS_CACHE/libs
 if [ -f "$STACK_DIR/security" ]; then
   saved_kafka=$(sed -n 's/^KAFKA_SECURITY=//p' "$STACK_DIR/security")
   saved_pg=$(sed -n 's/^PG_TLS=//p' "$STACK_DIR/security")
+  saved_standby=$(sed -n 's/^PG_STANDBY=//p' "$STACK_DIR/security")
   KAFKA_SECURITY=${KAFKA_SECURITY:-$saved_kafka}
   PG_TLS=${PG_TLS:-$saved_pg}
+  PG_STANDBY=${PG_STANDBY:-$saved_standby}
 fi
+PG_STANDBY=${PG_STANDBY:-0}
+PG_STANDBY_PORT=${PG_STANDBY_PORT:-$((PG_PORT + 1))}
+case "$PG_STANDBY" in
+  0 | 1) ;;
+  *) echo "stack: PG_STANDBY must be 0 or 1, not $PG_STANDBY" >&2; exit 2 ;;
+esac
 KAFKA_SECURITY=${KAFKA_SECURITY:-plaintext}
 PG_TLS=${PG_TLS:-0}
 case "$KAFKA_SECURITY" in
@@ -103,6 +117,7 @@ as_pg() {
 }
 
 pg_running() { [ -f "$pg_dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; }
+standby_running() { [ -f "$standby_dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$standby_dir/data" status >/dev/null 2>&1; }
 # Node n (1-based) keeps its state in node_dir n: the single node in kafka/, as before.
 node_dir() { if [ "$KAFKA_NODES" = 1 ]; then echo "$kafka_dir"; else echo "$kafka_dir/node-$1"; fi; }
 node_pid() { cat "$(node_dir "$1")/kafka.pid" 2>/dev/null || true; }
@@ -178,15 +193,22 @@ hostnossl all all 0.0.0.0/0 reject
 HBA
     tls_options="-c ssl=on -c ssl_cert_file=$pg_dir/server.pem -c ssl_key_file=$pg_dir/server.key -c ssl_ca_file=$pg_dir/ca.pem"
   fi
+  # A commit waits until the standby has flushed it: what a client was told survives failover.
+  local standby_options=""
+  if [ "$PG_STANDBY" = 1 ]; then
+    standby_options="-c synchronous_standby_names=standby -c synchronous_commit=on"
+  fi
   # Sockets in the state folder, so that several stacks never share /var/run/postgresql.
   as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on} $tls_options" \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $pg_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on} $tls_options $standby_options" \
     start >/dev/null || fail_with_log "PostgreSQL did not start" "$pg_dir/postgres.log"
   local deadline=$((SECONDS + 60))
   until psql_stack -d postgres -c 'select 1' >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$deadline" ] || fail_with_log "PostgreSQL does not answer queries" "$pg_dir/postgres.log"
     sleep 0.2
   done
+  # Before the first write: with a synchronous standby named, a commit waits for it.
+  if [ "$PG_STANDBY" = 1 ]; then standby_start; fi
   if [ "$(psql_stack -d postgres -c "select 1 from pg_database where datname = '$PG_DB'")" != 1 ]; then
     psql_stack -d postgres -c "create database $PG_DB" >/dev/null
   fi
@@ -195,6 +217,43 @@ HBA
 
 pg_stop() {
   if pg_running; then as_pg "$PG_BIN/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null; log "PostgreSQL stopped"; fi
+  if standby_running; then as_pg "$PG_BIN/pg_ctl" -D "$standby_dir/data" -m fast -w stop >/dev/null; log "PostgreSQL standby stopped"; fi
+}
+
+# The standby: a base backup of the primary that streams its WAL, named `standby` so that the
+# primary's synchronous_standby_names waits for it.
+standby_start() {
+  if standby_running; then return 0; fi
+  if [ "$PG_TLS" = 1 ]; then log "PG_STANDBY=1 is not offered with PG_TLS=1"; exit 2; fi
+  mkdir -p "$standby_dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$standby_dir"
+  if [ ! -f "$standby_dir/data/PG_VERSION" ]; then
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$standby_dir/data" -X stream -R \
+      >"$standby_dir/basebackup.log" 2>&1 || fail_with_log "pg_basebackup failed" "$standby_dir/basebackup.log"
+    echo "primary_conninfo = 'host=127.0.0.1 port=$PG_PORT user=postgres application_name=standby'" |
+      as_pg tee -a "$standby_dir/data/postgresql.auto.conf" >/dev/null
+  fi
+  as_pg "$PG_BIN/pg_ctl" -D "$standby_dir/data" -l "$standby_dir/postgres.log" -w -t 60 \
+    -o "-p $PG_STANDBY_PORT -c listen_addresses=127.0.0.1 -k $standby_dir -c max_connections=300 -c fsync=${PG_FSYNC:-on}" \
+    start >/dev/null || fail_with_log "the PostgreSQL standby did not start" "$standby_dir/postgres.log"
+  log "PostgreSQL standby up on 127.0.0.1:$PG_STANDBY_PORT, streaming synchronously"
+}
+
+# The primary dies at once (SIGKILL to the postmaster): no shutdown checkpoint, no goodbye to
+# its clients beyond what the kernel sends.
+pg_kill() {
+  local pid
+  pid=$(head -1 "$pg_dir/data/postmaster.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid"
+    log "PostgreSQL primary killed (pid $pid)"
+  fi
+}
+
+pg_promote() {
+  as_pg "$PG_BIN/pg_ctl" -D "$standby_dir/data" -w -t 60 promote >/dev/null ||
+    fail_with_log "promotion failed" "$standby_dir/postgres.log"
+  log "PostgreSQL standby promoted: primary on 127.0.0.1:$PG_STANDBY_PORT"
 }
 
 fetch_kafka() {
@@ -447,6 +506,9 @@ print_env() {
     url+="?sslmode=verify-full&sslrootcert=$tls_dir/ca.pem&sslcert=$tls_dir/client.pem&sslkey=$tls_dir/client.key"
   fi
   local lines=("DATABASE_URL=$url" "KAFKA_BROKERS=$(bootstrap)")
+  if [ "$PG_STANDBY" = 1 ]; then
+    lines+=("DATABASE_STANDBY_URL=postgres://postgres@127.0.0.1:$PG_STANDBY_PORT/$PG_DB")
+  fi
   if [ "$KAFKA_SECURITY" = sasl_ssl ]; then
     lines+=("KAFKA_SECURITY_PROTOCOL=SASL_SSL" "KAFKA_SASL_MECHANISM=$SASL_MECHANISM"
       "KAFKA_SASL_USERNAME=loms" "KAFKA_SASL_PASSWORD=$(sasl_password loms)"
@@ -460,6 +522,9 @@ print_env() {
 status() {
   local rc=0
   if pg_running; then echo "postgres: up (127.0.0.1:$PG_PORT)"; else echo "postgres: down"; rc=3; fi
+  if [ "$PG_STANDBY" = 1 ]; then
+    if standby_running; then echo "postgres standby: up (127.0.0.1:$PG_STANDBY_PORT)"; else echo "postgres standby: down"; rc=3; fi
+  fi
   local n
   for n in $(nodes); do
     if node_running "$n"; then echo "kafka node $n: up (127.0.0.1:${broker_ports[$((n - 1))]}, pid $(node_pid "$n"))"; else echo "kafka node $n: down"; rc=3; fi
@@ -470,7 +535,7 @@ status() {
 mkdir -p "$STACK_DIR"
 case "${1:-}" in
   up)
-    printf 'KAFKA_SECURITY=%s\nPG_TLS=%s\n' "$KAFKA_SECURITY" "$PG_TLS" >"$STACK_DIR/security"
+    printf 'KAFKA_SECURITY=%s\nPG_TLS=%s\nPG_STANDBY=%s\n' "$KAFKA_SECURITY" "$PG_TLS" "$PG_STANDBY" >"$STACK_DIR/security"
     pg_start
     kafka_start
     ;;
@@ -487,10 +552,12 @@ case "${1:-}" in
   kafka-start) kafka_start "${2:-}" ;;
   pg-stop) pg_stop ;;
   pg-start) pg_start ;;
+  pg-kill) pg_kill ;;
+  pg-promote) pg_promote ;;
   fetch) fetch_kafka ;;
   init) kafka_init ;;
   *)
-    echo "usage: $0 up|down|status|env|kafka-stop [N]|kafka-kill [N]|kafka-freeze [N]|kafka-thaw [N]|kafka-start [N]|pg-stop|pg-start|fetch|init" >&2
+    echo "usage: $0 up|down|status|env|kafka-stop [N]|kafka-kill [N]|kafka-freeze [N]|kafka-thaw [N]|kafka-start [N]|pg-stop|pg-start|pg-kill|pg-promote|fetch|init" >&2
     exit 2
     ;;
 esac

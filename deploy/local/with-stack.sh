@@ -3,7 +3,7 @@
 # are set, otherwise a fresh stack on free ports in a temporary folder, stopped afterwards even
 # when the command fails. The command sees DATABASE_URL, KAFKA_BROKERS and STACK_DIR (tests use
 # STACK_DIR with stack.sh to stop and start the broker or the database). KAFKA_NODES=3 makes the
-# fresh stack's Kafka a three-node cluster.
+# fresh stack's Kafka a three-node cluster; PG_STANDBY=1 gives its PostgreSQL a synchronous standby.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -17,6 +17,10 @@ PG_PORT=$(free_port)
 KAFKA_PORT=$(free_port)
 KAFKA_CONTROLLER_PORT=$(free_port)
 export STACK_DIR PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
+if [ "${PG_STANDBY:-0}" = 1 ]; then
+  PG_STANDBY_PORT=$(free_port)
+  export PG_STANDBY_PORT
+fi
 if [ "${KAFKA_NODES:-1}" = 3 ]; then
   KAFKA_PORTS=$KAFKA_PORT,$(free_port),$(free_port)
   KAFKA_CONTROLLER_PORTS=$KAFKA_CONTROLLER_PORT,$(free_port),$(free_port)

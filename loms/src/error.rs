@@ -82,7 +82,12 @@ pub enum DbFailure {
 impl DbFailure {
     pub fn of(e: &sqlx::Error) -> Self {
         match e {
-            sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => Self::Lost,
+            // The peer spoke something else than PostgreSQL's protocol (a proxy whose upstream
+            // is gone answers a connect with a close): the connection, not the request.
+            sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
+                Self::Lost
+            }
+            sqlx::Error::Tls(_) => Self::Unreachable,
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Self::Unreachable,
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("40001" | "40P01" | "55P03") => Self::Conflict,
@@ -135,5 +140,7 @@ mod tests {
         assert_eq!(DbFailure::of(&sqlx::Error::RowNotFound), Other);
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(DbFailure::of(&sqlx::Error::Io(io)), Lost);
+        let garbled = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert_eq!(DbFailure::of(&garbled), Lost);
     }
 }

@@ -67,6 +67,23 @@ impl Toxiproxy {
         );
         listen
     }
+
+    /// Points proxy `name` at another `upstream`, as a virtual IP or a pooler moves to a new
+    /// primary: Toxiproxy closes the connections it carried, and new ones reach `upstream`.
+    pub async fn move_upstream(&self, name: &str, upstream: &str) {
+        let reply = self
+            .http
+            .post(format!("http://{}/proxies/{name}", self.api))
+            .json(&json!({ "upstream": upstream }))
+            .send()
+            .await
+            .expect("update a proxy");
+        assert!(
+            reply.status().is_success(),
+            "moving proxy {name}: {}",
+            reply.status()
+        );
+    }
 }
 
 /// `url` with its host and port replaced by `address`.

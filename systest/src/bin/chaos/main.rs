@@ -3,7 +3,8 @@
 //! and in the notifiers' logs. Writes `target/chaos/report.json`; exits non-zero if anything
 //! was lost, reordered or invented. `--quick` shortens every scenario; `--replicated` runs the
 //! scenarios of a three-node Kafka cluster (the stack must be one: `KAFKA_NODES=3`) and adds
-//! them to the report; `--only NAME[,NAME...]` runs only those.
+//! them to the report; `--standby` likewise runs the scenarios of a stack whose PostgreSQL has a
+//! synchronous standby (`PG_STANDBY=1`); `--only NAME[,NAME...]` runs only those.
 
 mod backlog;
 mod flood;
@@ -26,6 +27,10 @@ struct Args {
     /// to the report of the single-broker ones.
     #[arg(long)]
     replicated: bool,
+    /// The scenarios of a PostgreSQL with a synchronous standby (pg_failover), added to the
+    /// report likewise.
+    #[arg(long, conflicts_with = "replicated")]
+    standby: bool,
     /// Only the scenarios of these names (comma-separated).
     #[arg(long)]
     only: Option<String>,
@@ -84,8 +89,12 @@ async fn main() {
             .as_deref()
             .is_none_or(|only| only.split(',').any(|o| o == name))
     };
+    // A run on a stack of its own adds its scenarios to the report of the single-broker run.
+    let adds = args.replicated || args.standby;
     let list = if args.replicated {
         scenarios::REPLICATED
+    } else if args.standby {
+        scenarios::STANDBY
     } else {
         scenarios::ALL
     };
@@ -93,7 +102,7 @@ async fn main() {
     for scenario in list.iter().filter(|s| chosen(s.name)) {
         reports.push(run::scenario(scenario, secs, args.quick).await);
     }
-    if !args.replicated && chosen("malformed_requests") {
+    if !adds && chosen("malformed_requests") {
         reports.push(malformed::scenario(malformed).await);
     }
 
@@ -101,8 +110,7 @@ async fn main() {
         .report
         .clone()
         .unwrap_or_else(|| testkit::stack::target_dir("chaos").join("report.json"));
-    // The replicated run adds its scenarios to those of the single-broker run before it.
-    let mut all: Vec<Value> = if args.replicated {
+    let mut all: Vec<Value> = if adds {
         std::fs::read_to_string(&path)
             .ok()
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())

@@ -160,6 +160,14 @@ pub const REPLICATED: &[Scenario] = &[
     },
 ];
 
+/// The scenarios of a stack whose PostgreSQL has a synchronous standby (`PG_STANDBY=1`).
+pub const STANDBY: &[Scenario] = &[Scenario {
+    name: "pg_failover",
+    replicas: 2,
+    proxied: true,
+    fault: |f| Box::pin(pg_failover(f)),
+}];
+
 /// Load before a fault, so that it strikes mid-stream.
 pub const WARM_UP: Duration = Duration::from_secs(3);
 /// Kills of the kill scenarios.
@@ -325,6 +333,100 @@ async fn pg_blackhole(f: Fault) {
     f.note("takeover_secs", json!(cut.elapsed().as_secs_f64()));
     proxy.signal("CONT");
     f.end();
+}
+
+/// PostgreSQL fails over under load: the primary killed (SIGKILL), its synchronous standby
+/// promoted, and the address both replicas reach PostgreSQL by (each its own Toxiproxy) moved to
+/// the new primary, as a virtual IP or a pooler moves. Their connections to the old one are
+/// gone; the relay's lock and lease must be taken on the new one; every change a client was told
+/// of must be there (synchronous replication) and reach the topic. The fault lasts until an
+/// OrderCreate succeeds again and a relay publishes again.
+async fn pg_failover(f: Fault) {
+    let standby = std::env::var("DATABASE_STANDBY_URL")
+        .expect("pg_failover needs a stack with a standby (PG_STANDBY=1)");
+    tokio::time::sleep(f.secs(5, 15)).await;
+    let admin: Vec<String> = {
+        let run = f.run.lock().await;
+        run.loms.iter().map(|l| l.admin.clone()).collect()
+    };
+    let leads = || async { !testkit::process::relay_leaders(&admin).await.is_empty() };
+    testkit::eventually("a relay leads", Duration::from_secs(100), leads).await;
+    f.begin();
+    let killed = SystemTime::now();
+    stack("pg-kill");
+    stack("pg-promote");
+    let new_primary = testkit::toxiproxy::host_port(&standby);
+    {
+        let mut run = f.run.lock().await;
+        for proxy in &run.pg_proxies {
+            proxy.move_upstream("pg", &new_primary).await;
+        }
+        // The run's database is the new primary's now: the judge reads what committed there.
+        run.db = testkit::toxiproxy::url_through(&run.db, &new_primary);
+    }
+    let moved = SystemTime::now();
+    // Sessions on the dead primary may answer for a moment: success counts from the move.
+    let ok_since_move = || {
+        f.tally
+            .creates
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.ok && c.at > moved)
+    };
+    testkit::eventually(
+        "OrderCreate succeeds on the new primary",
+        Duration::from_secs(120),
+        || std::future::ready(ok_since_move()),
+    )
+    .await;
+    // A leader that has not noticed yet still says it leads: count events published instead.
+    let mut published_at_move = 0;
+    for a in &admin {
+        published_at_move += published(a).await;
+    }
+    testkit::eventually(
+        "a relay publishes from the new primary",
+        Duration::from_secs(120),
+        || async {
+            let mut now = 0;
+            for a in &admin {
+                now += published(a).await;
+            }
+            now > published_at_move
+        },
+    )
+    .await;
+    let since_kill = |t: SystemTime| t.duration_since(killed).unwrap_or_default().as_secs_f64();
+    f.note(
+        "relay_publishes_again_after_secs",
+        json!(since_kill(SystemTime::now())),
+    );
+    f.note(
+        "create_unavailable_secs",
+        json!(longest_gap(&f.tally, killed)),
+    );
+    f.end();
+}
+
+/// The longest time from `since` without a successful OrderCreate, in seconds.
+fn longest_gap(tally: &crate::workload::Tally, since: SystemTime) -> f64 {
+    let mut oks: Vec<SystemTime> = tally
+        .creates
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.ok && c.at > since)
+        .map(|c| c.at)
+        .collect();
+    oks.sort();
+    let mut last = since;
+    let mut longest = Duration::ZERO;
+    for at in oks {
+        longest = longest.max(at.duration_since(last).unwrap_or_default());
+        last = at;
+    }
+    longest.as_secs_f64()
 }
 
 /// Distinct unknown skus of the poison request: about 1.5 MB over gRPC, under gRPC's 4 MiB.
