@@ -37,7 +37,11 @@
 #                          (pg_basebackup, synchronous_standby_names, synchronous_commit=on)
 #                          on PG_STANDBY_PORT (default PG_PORT + 1); env prints its URL as
 #                          DATABASE_STANDBY_URL
-#   All three are remembered by the stack (STACK_DIR/security) for its later commands.
+#   KAFKA_PROXIED_PORTS    LISTEN:ADVERTISED[,...] (one plaintext node only): a broker listener on
+#                          each LISTEN port, advertised as 127.0.0.1:ADVERTISED, where a proxy
+#                          (Toxiproxy) is to listen: a client that bootstraps through that proxy
+#                          is told the proxy's address, so all its traffic passes the proxy
+#   All four are remembered by the stack (STACK_DIR/security) for its later commands.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -82,6 +86,8 @@ if [ -f "$STACK_DIR/security" ]; then
   saved_kafka=$(sed -n 's/^KAFKA_SECURITY=//p' "$STACK_DIR/security")
   saved_pg=$(sed -n 's/^PG_TLS=//p' "$STACK_DIR/security")
   saved_standby=$(sed -n 's/^PG_STANDBY=//p' "$STACK_DIR/security")
+  saved_proxied=$(sed -n 's/^KAFKA_PROXIED_PORTS=//p' "$STACK_DIR/security")
+  KAFKA_PROXIED_PORTS=${KAFKA_PROXIED_PORTS:-$saved_proxied}
   KAFKA_SECURITY=${KAFKA_SECURITY:-$saved_kafka}
   PG_TLS=${PG_TLS:-$saved_pg}
   PG_STANDBY=${PG_STANDBY:-$saved_standby}
@@ -123,6 +129,7 @@ node_dir() { if [ "$KAFKA_NODES" = 1 ]; then echo "$kafka_dir"; else echo "$kafk
 node_pid() { cat "$(node_dir "$1")/kafka.pid" 2>/dev/null || true; }
 node_running() { local pid; pid=$(node_pid "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 nodes() { seq 1 "$KAFKA_NODES"; }
+proxied_listeners() { [ -n "${KAFKA_PROXIED_PORTS:-}" ] && [ "$KAFKA_NODES" = 1 ] && [ "$KAFKA_SECURITY" = plaintext ]; }
 bootstrap() {
   local n out=()
   for n in $(nodes); do out+=("127.0.0.1:${broker_ports[$((n - 1))]}"); done
@@ -298,6 +305,16 @@ write_configs() { # node
   for i in $(nodes); do voters+="${voters:+,}$i@127.0.0.1:${controller_ports[$((i - 1))]}"; done
   mkdir -p "$dir/data" "$dir/logs"
   local listener=PLAINTEXT security=""
+  # Listeners advertised as proxies' addresses (KAFKA_PROXIED_PORTS), named PROXIED1, PROXIED2...
+  local proxied_listen="" proxied_advertised="" proxied_map="" pair i=0
+  if proxied_listeners; then
+    for pair in ${KAFKA_PROXIED_PORTS//,/ }; do
+      i=$((i + 1))
+      proxied_listen+=",PROXIED$i://127.0.0.1:${pair%%:*}"
+      proxied_advertised+=",PROXIED$i://127.0.0.1:${pair##*:}"
+      proxied_map+=",PROXIED$i:PLAINTEXT"
+    done
+  fi
   if [ "$KAFKA_SECURITY" = sasl_ssl ]; then
     listener=SASL_SSL
     # The controllers' listener stays on loopback in plaintext; brokers and clients meet on
@@ -314,11 +331,11 @@ ssl.truststore.location=$tls_dir/ca.pem"
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]},CONTROLLER://127.0.0.1:${controller_ports[$((n - 1))]}
-advertised.listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]}
+listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]},CONTROLLER://127.0.0.1:${controller_ports[$((n - 1))]}$proxied_listen
+advertised.listeners=$listener://127.0.0.1:${broker_ports[$((n - 1))]}$proxied_advertised
 inter.broker.listener.name=$listener
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,$listener:$listener
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$listener:$listener$proxied_map
 $security
 log.dirs=$dir/data
 num.partitions=1
@@ -514,6 +531,7 @@ print_env() {
       "KAFKA_SASL_USERNAME=loms" "KAFKA_SASL_PASSWORD=$(sasl_password loms)"
       "KAFKA_CA_LOCATION=$tls_dir/ca.pem")
   fi
+  if proxied_listeners; then lines+=("KAFKA_PROXIED_PORTS=$KAFKA_PROXIED_PORTS"); fi
   lines+=("KAFKA_NODES=$KAFKA_NODES" "KAFKA_REPLICATION=$REPLICATION" "STACK_DIR=$STACK_DIR")
   local line
   for line in "${lines[@]}"; do printf "%s='%s'\n" "${line%%=*}" "${line#*=}"; done
@@ -535,7 +553,8 @@ status() {
 mkdir -p "$STACK_DIR"
 case "${1:-}" in
   up)
-    printf 'KAFKA_SECURITY=%s\nPG_TLS=%s\nPG_STANDBY=%s\n' "$KAFKA_SECURITY" "$PG_TLS" "$PG_STANDBY" >"$STACK_DIR/security"
+    printf 'KAFKA_SECURITY=%s\nPG_TLS=%s\nPG_STANDBY=%s\nKAFKA_PROXIED_PORTS=%s\n' \
+      "$KAFKA_SECURITY" "$PG_TLS" "$PG_STANDBY" "${KAFKA_PROXIED_PORTS:-}" >"$STACK_DIR/security"
     pg_start
     kafka_start
     ;;

@@ -120,7 +120,7 @@ async fn malformed_pay(c: &mut Clients, r: u64) -> Outcome {
 
 pub async fn scenario(count: usize) -> Value {
     println!("scenario malformed_requests");
-    let mut run = Run::new("malformed_requests", 1, false).await;
+    let mut run = Run::new("malformed_requests", 1, crate::scenarios::Proxied::No).await;
     let pool = PgPool::connect(&run.db).await.expect("connect");
     let before = snapshot(&pool).await;
     let mut clients = Clients {

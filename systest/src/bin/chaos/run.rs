@@ -11,7 +11,7 @@ use testkit::process::{LomsProcess, NotifierProcess};
 use testkit::toxiproxy::{host_port, url_through, Toxiproxy};
 
 use crate::judge::{self, Verdict};
-use crate::scenarios::{Fault, Scenario, Window};
+use crate::scenarios::{Fault, Proxied, Scenario, Window};
 use crate::workload::{self, Tally};
 
 /// Notifiers of a run: two, so that each holds one of the topic's two partitions.
@@ -26,10 +26,12 @@ pub struct Run {
     pub notifiers: Vec<NotifierProcess>,
     /// With a scenario that cuts connections: per replica, the proxy between it and PostgreSQL.
     pub pg_proxies: Vec<Toxiproxy>,
+    /// Or between it and the broker.
+    pub kafka_proxies: Vec<Toxiproxy>,
 }
 
 impl Run {
-    pub async fn new(name: &'static str, replicas: usize, proxied: bool) -> Self {
+    pub async fn new(name: &'static str, replicas: usize, proxied: Proxied) -> Self {
         let dir = testkit::stack::target_dir("chaos").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("the run's folder");
@@ -39,9 +41,11 @@ impl Run {
         testkit::kafka::ensure_topic(&format!("{topic}.dlq"), 1).await;
         let mut loms = Vec::new();
         let mut pg_proxies = Vec::new();
+        let mut kafka_proxies = Vec::new();
+        let kafka_paths = kafka_paths(proxied, replicas);
         for i in 0..replicas {
             let log = dir.join(format!("loms-{i}.log"));
-            let url = if proxied {
+            let url = if proxied == Proxied::Postgres {
                 let proxy = Toxiproxy::start().await;
                 let listen = proxy.proxy("pg", &host_port(&db)).await;
                 pg_proxies.push(proxy);
@@ -49,7 +53,14 @@ impl Run {
             } else {
                 db.clone()
             };
-            loms.push(systest::loms(&url, &topic, &log).start().await);
+            let mut options = systest::loms(&url, &topic, &log);
+            if let Some((listener, advertised)) = kafka_paths.get(i) {
+                let proxy = Toxiproxy::start().await;
+                let listen = proxy.proxy_at("kafka", advertised, listener).await;
+                kafka_proxies.push(proxy);
+                options = options.env("LOMS_KAFKA__BROKERS", &listen);
+            }
+            loms.push(options.start().await);
         }
         let group = format!("chaos-{name}-{}", testkit::unique());
         let notifiers = (0..NOTIFIERS)
@@ -63,8 +74,37 @@ impl Run {
             loms,
             notifiers,
             pg_proxies,
+            kafka_proxies,
         }
     }
+}
+
+/// For a scenario whose replicas reach the broker through proxies: per replica, the broker's
+/// listener for it and the address that listener advertises, where its proxy listens
+/// (`KAFKA_PROXIED_PORTS` of the stack).
+fn kafka_paths(proxied: Proxied, replicas: usize) -> Vec<(String, String)> {
+    if proxied != Proxied::Kafka {
+        return Vec::new();
+    }
+    let ports = std::env::var("KAFKA_PROXIED_PORTS").expect(
+        "a stack with proxied broker listeners (KAFKA_PROXIED_PORTS; with-stack.sh sets it)",
+    );
+    let paths: Vec<(String, String)> = ports
+        .split(',')
+        .filter_map(|pair| pair.split_once(':'))
+        .map(|(listen, advertised)| {
+            (
+                format!("127.0.0.1:{listen}"),
+                format!("127.0.0.1:{advertised}"),
+            )
+        })
+        .collect();
+    assert!(
+        paths.len() >= replicas,
+        "KAFKA_PROXIED_PORTS names {} paths for {replicas} replicas",
+        paths.len()
+    );
+    paths
 }
 
 /// Runs the workload for `secs` with the scenario's fault injected at its start, then judges.

@@ -53,12 +53,20 @@ impl Fault {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proxied {
+    No,
+    Postgres,
+    /// The broker, through a listener of its own advertised as the proxy's address.
+    Kafka,
+}
+
 pub struct Scenario {
     pub name: &'static str,
     /// loms replicas of the run.
     pub replicas: usize,
-    /// Each replica reaches PostgreSQL through a proxy of its own, which the fault may freeze.
-    pub proxied: bool,
+    /// Which peer each replica reaches through a proxy of its own, which the fault may freeze.
+    pub proxied: Proxied,
     pub fault: fn(Fault) -> BoxFuture<'static, ()>,
 }
 
@@ -67,67 +75,73 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "broker_outage",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(broker_outage(f)),
     },
     Scenario {
         name: "loms_kill",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(loms_kill(f)),
     },
     Scenario {
         name: "notifier_kill",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(notifier_kill(f)),
     },
     Scenario {
         name: "postgres_outage",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(postgres_outage(f)),
     },
     Scenario {
         name: "relay_leader_kill",
         replicas: 2,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(relay_leader_kill(f)),
     },
     Scenario {
         name: "poison_request",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(poison_request(f)),
     },
     Scenario {
         name: "kafka_blackhole",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(kafka_blackhole(f)),
     },
     Scenario {
         name: "pg_blackhole",
         replicas: 2,
-        proxied: true,
+        proxied: Proxied::Postgres,
         fault: |f| Box::pin(pg_blackhole(f)),
+    },
+    Scenario {
+        name: "kafka_path_blackhole",
+        replicas: 2,
+        proxied: Proxied::Kafka,
+        fault: |f| Box::pin(kafka_path_blackhole(f)),
     },
     Scenario {
         name: "notifier_pause",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(notifier_pause(f)),
     },
     Scenario {
         name: "backlog_drain",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(crate::backlog::backlog_drain(f)),
     },
     Scenario {
         name: "connection_flood",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(crate::flood::connection_flood(f)),
     },
 ];
@@ -137,25 +151,25 @@ pub const REPLICATED: &[Scenario] = &[
     Scenario {
         name: "leader_kill",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(leader_kill(f)),
     },
     Scenario {
         name: "rolling_restart",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(rolling_restart(f)),
     },
     Scenario {
         name: "producer_gap",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(producer_gap(f)),
     },
     Scenario {
         name: "min_isr_loss",
         replicas: 1,
-        proxied: false,
+        proxied: Proxied::No,
         fault: |f| Box::pin(min_isr_loss(f)),
     },
 ];
@@ -164,7 +178,7 @@ pub const REPLICATED: &[Scenario] = &[
 pub const STANDBY: &[Scenario] = &[Scenario {
     name: "pg_failover",
     replicas: 2,
-    proxied: true,
+    proxied: Proxied::Postgres,
     fault: |f| Box::pin(pg_failover(f)),
 }];
 
@@ -428,6 +442,42 @@ fn longest_gap(tally: &crate::workload::Tally, since: SystemTime) -> f64 {
     }
     longest.as_secs_f64()
 }
+
+/// Of two replicas, each reaching the broker through a proxy of its own, the relay leader's path
+/// goes silent (its proxy frozen: nothing passes, nothing closes) while the other's holds. Its
+/// stalled batch must end its term within the stall timeout, and the other replica lead and
+/// publish; then the path is thawed.
+async fn kafka_path_blackhole(f: Fault) {
+    tokio::time::sleep(f.secs(5, 15)).await;
+    let run = f.run.lock().await;
+    let leader = leader_of_two(&f, &run).await;
+    let proxy = &run.kafka_proxies[leader].process;
+    let other = &run.loms[1 - leader].admin;
+    f.begin();
+    proxy.signal("STOP");
+    let cut = std::time::Instant::now();
+    until_the_other_leads(&run, leader).await;
+    f.note("takeover_secs", json!(cut.elapsed().as_secs_f64()));
+    let before = published(other).await;
+    testkit::eventually(
+        "the other replica publishes",
+        Duration::from_secs(60),
+        || async { published(other).await > before },
+    )
+    .await;
+    let silent = cut.elapsed();
+    f.note("publishing_again_secs", json!(silent.as_secs_f64()));
+    if silent > PATH_SILENCE_BOUND {
+        let broken = format!("events waited {silent:?}, over the stall timeout and the lease");
+        f.note("broken", json!([broken]));
+    }
+    proxy.signal("CONT");
+    f.end();
+}
+
+/// loms's relay stall timeout (20 s) and lease (10 s), and a few seconds: how long the events
+/// may wait when the leader's path to the broker goes silent.
+const PATH_SILENCE_BOUND: Duration = Duration::from_secs(20 + 10 + 5);
 
 /// Distinct unknown skus of the poison request: about 1.5 MB over gRPC, under gRPC's 4 MiB.
 const POISON_SKUS: i64 = 150_000;
