@@ -83,7 +83,7 @@ read -r -a notifier_metrics <<< "${NOTIFIERS_METRICS_ADDRS:-127.0.0.1:9101 127.0
 prefixed loms "$bin/loms" --database-url "$DATABASE_URL" --kafka-brokers "$KAFKA_BROKERS" --admin-addr "$admin"
 for i in 1 2 3; do
   NOTIFIER_KAFKA__CLIENT_ID=notifier-$i prefixed "notifier-$i" "$bin/notifier" --kafka-brokers "$KAFKA_BROKERS" \
-    --metrics-addr "${notifier_metrics[$((i - 1))]}"
+    --admin-addr "${notifier_metrics[$((i - 1))]}"
 done
 
 # Prometheus scraping what this run started, with the alert rules that ship with the system.

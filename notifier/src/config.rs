@@ -12,8 +12,9 @@ use service_runtime::telemetry::LogSettings;
 /// The consumer group that logs every order event (and dead-letters what does not decode).
 pub struct Settings {
     pub kafka: KafkaSettings,
-    /// Where `/metrics` is served; none by default.
-    pub metrics_addr: Option<String>,
+    /// Where `/metrics`, `/readyz` and `/livez` are served (loms's name for its own); none by
+    /// default.
+    pub admin_addr: Option<String>,
     /// How many recent event ids are remembered to recognise duplicates.
     pub dedup_window: usize,
     /// The back-off between retries of a consume or a dead-letter write (as loms's relay).
@@ -25,6 +26,9 @@ pub struct Settings {
     /// The names before both services shared theirs: still read, with a warning.
     #[serde(default, skip_serializing)]
     log_json: Option<bool>,
+    /// Old name of `admin_addr`.
+    #[serde(default, skip_serializing)]
+    metrics_addr: Option<String>,
     /// Old name of `log.filter`.
     #[serde(default, skip_serializing)]
     log_filter: Option<String>,
@@ -70,12 +74,13 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             kafka: KafkaSettings::default(),
-            metrics_addr: None,
+            admin_addr: None,
             dedup_window: 100_000,
             backoff_initial_ms: 200,
             backoff_max_ms: 5_000,
             log: LogSettings::default(),
             log_json: None,
+            metrics_addr: None,
             log_filter: None,
             otlp_endpoint: None,
             retry_initial_ms: None,
@@ -104,10 +109,10 @@ impl Default for KafkaSettings {
 /// a test holds it to what the flags do.
 pub const FLAGS: [(&str, &str); 7] = [
     ("kafka.brokers", "--kafka-brokers"),
-    ("kafka.topic", "--topic"),
+    ("kafka.topic", "--kafka-topic"),
     ("kafka.group_id", "--group-id"),
     ("kafka.dlq_topic", "--dlq-topic"),
-    ("metrics_addr", "--metrics-addr"),
+    ("admin_addr", "--admin-addr"),
     ("kafka.properties", "--kafka-property"),
     ("log.json", "--log-json"),
 ];
@@ -124,6 +129,9 @@ pub struct Flags {
     pub kafka_brokers: Option<String>,
     /// Topic of the order events (default loms.order-events).
     #[arg(long)]
+    pub kafka_topic: Option<String>,
+    /// Old name of --kafka-topic: still read, with a warning.
+    #[arg(long, hide = true)]
     pub topic: Option<String>,
     /// Consumer group (default notifier).
     #[arg(long)]
@@ -131,8 +139,11 @@ pub struct Flags {
     /// Dead-letter topic for messages that do not decode (default loms.order-events.dlq).
     #[arg(long)]
     pub dlq_topic: Option<String>,
-    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9100.
+    /// Serve /metrics, /readyz and /livez on this address, e.g. 0.0.0.0:9100.
     #[arg(long)]
+    pub admin_addr: Option<String>,
+    /// Old name of --admin-addr: still read, with a warning.
+    #[arg(long, hide = true)]
     pub metrics_addr: Option<String>,
     /// A librdkafka property, `key=value`; repeatable.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
@@ -158,10 +169,16 @@ impl Settings {
             env,
             &[
                 ("kafka.brokers", flags.kafka_brokers.as_ref()),
-                ("kafka.topic", flags.topic.as_ref()),
+                (
+                    "kafka.topic",
+                    flags.kafka_topic.as_ref().or(flags.topic.as_ref()),
+                ),
                 ("kafka.group_id", flags.group_id.as_ref()),
                 ("kafka.dlq_topic", flags.dlq_topic.as_ref()),
-                ("metrics_addr", flags.metrics_addr.as_ref()),
+                (
+                    "admin_addr",
+                    flags.admin_addr.as_ref().or(flags.metrics_addr.as_ref()),
+                ),
             ],
         )?;
         if flags.log_json {
@@ -169,6 +186,14 @@ impl Settings {
         }
         let mut settings: Self = builder.build()?.try_deserialize()?;
         settings.adopt_old_names();
+        for (given, old, new) in [
+            (&flags.topic, "--topic", "--kafka-topic"),
+            (&flags.metrics_addr, "--metrics-addr", "--admin-addr"),
+        ] {
+            if given.is_some() {
+                settings.renamed.push((old, new));
+            }
+        }
         for property in &flags.kafka_properties {
             service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
                 .map_err(anyhow::Error::msg)?;
@@ -196,6 +221,10 @@ impl Settings {
             self.backoff_initial_ms = ms;
             self.renamed
                 .push(("retry_initial_ms", "backoff_initial_ms"));
+        }
+        if let Some(addr) = self.metrics_addr.take() {
+            self.admin_addr = Some(addr);
+            self.renamed.push(("metrics_addr", "admin_addr"));
         }
         if let Some(ms) = self.retry_max_ms.take() {
             self.backoff_max_ms = ms;
@@ -290,6 +319,29 @@ mod tests {
         );
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.get("retry_max_ms").is_none() && json["backoff_max_ms"] == 900);
+    }
+
+    #[test]
+    fn old_flag_and_key_names_are_read_and_noted() {
+        use clap::Parser;
+        let flags =
+            Flags::try_parse_from(["notifier", "--topic", "t", "--metrics-addr", "a:1"]).unwrap();
+        let s = Settings::load(&flags, Some(env_of(&[]))).unwrap();
+        assert_eq!(
+            (s.kafka.topic.as_str(), s.admin_addr.as_deref()),
+            ("t", Some("a:1"))
+        );
+        assert_eq!(
+            s.renamed,
+            [
+                ("--topic", "--kafka-topic"),
+                ("--metrics-addr", "--admin-addr")
+            ]
+        );
+        let env = env_of(&[("NOTIFIER_METRICS_ADDR", "b:2")]);
+        let s = Settings::load(&Flags::default(), Some(env)).unwrap();
+        assert_eq!(s.admin_addr.as_deref(), Some("b:2"));
+        assert_eq!(s.renamed, [("metrics_addr", "admin_addr")]);
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub type GroupConsumer = StreamConsumer<GroupContext>;
 /// handled (`enable.auto.offset.store=false`) and committed in the background.
 pub fn consumer(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupConsumer> {
     let k = &settings.kafka;
-    let statistics = if settings.metrics_addr.is_some() {
+    let statistics = if settings.admin_addr.is_some() {
         STATISTICS_INTERVAL_MS
     } else {
         0

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     service_runtime::shutdown::cancel_on_signal(shutdown.clone());
     let metrics = notifier::metrics::Metrics::default();
-    if let Some(addr) = settings.metrics_addr.clone() {
+    if let Some(addr) = settings.admin_addr.clone() {
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = notifier::metrics::serve(&addr, metrics, shutdown).await {

@@ -1,4 +1,4 @@
-//! Metrics on the optional `--metrics-addr`, through `prometheus-client` (OpenMetrics text).
+//! Metrics on the optional `--admin-addr` (with `/readyz` and `/livez`), through `prometheus-client` (OpenMetrics text).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -494,7 +494,7 @@ impl NotifierOptions {
         let mut command = Command::new(binary("notifier"));
         command
             .args(["--kafka-brokers", &self.brokers])
-            .args(["--topic", &self.topic, "--group-id", &self.group])
+            .args(["--kafka-topic", &self.topic, "--group-id", &self.group])
             .args(["--dlq-topic", &format!("{}.dlq", self.topic), "--log-json"])
             .env(
                 "NOTIFIER_KAFKA__SESSION_TIMEOUT_MS",
@@ -506,7 +506,7 @@ impl NotifierOptions {
             ))
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(address) = &self.metrics {
-            command.args(["--metrics-addr", address]);
+            command.args(["--admin-addr", address]);
         }
         NotifierProcess {
             process: Process::spawn(command, &self.log, self.through_pipe),
