@@ -462,14 +462,12 @@ const REASON_LINES: usize = 20;
 /// The reason a `failed` order's event gives: the lines that could not all be reserved (the
 /// event carries every line anyway).
 fn unreservable(lines: &[Line]) -> String {
-    let mut named: Vec<String> = lines
-        .iter()
-        .take(REASON_LINES)
-        .map(|l| format!("sku {} x {}", l.sku, l.count))
-        .collect();
-    if lines.len() > REASON_LINES {
-        named.push(format!("and {} more", lines.len() - REASON_LINES));
-    }
+    let named = service_runtime::abridged::first_and_rest(
+        lines,
+        REASON_LINES,
+        |l| format!("sku {} x {}", l.sku, l.count),
+        |rest| format!("and {rest} more"),
+    );
     format!("{NOT_ENOUGH_STOCK} for all of: {}", named.join(", "))
 }
 

@@ -42,15 +42,13 @@ const ITEMS_SHOWN: usize = 20;
 
 /// An event's items as `skuxcount,...`, at most [`ITEMS_SHOWN`] of them.
 fn items_text(items: &[events_proto::Item]) -> String {
-    let mut text: Vec<String> = items
-        .iter()
-        .take(ITEMS_SHOWN)
-        .map(|i| format!("{}x{}", i.sku, i.count))
-        .collect();
-    if items.len() > ITEMS_SHOWN {
-        text.push(format!("+{} more", items.len() - ITEMS_SHOWN));
-    }
-    text.join(",")
+    service_runtime::abridged::first_and_rest(
+        items,
+        ITEMS_SHOWN,
+        |i| format!("{}x{}", i.sku, i.count),
+        |rest| format!("+{rest} more"),
+    )
+    .join(",")
 }
 
 pub struct Handler {

@@ -2,6 +2,7 @@
 //! the shutdown signal, Kafka client settings with their pass-through properties, back-off, and
 //! secrets in configuration, listeners that bound their connections.
 
+pub mod abridged;
 pub mod backoff;
 pub mod config;
 pub mod kafka;

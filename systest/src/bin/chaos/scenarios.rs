@@ -320,14 +320,7 @@ async fn kafka_blackhole(f: Fault) {
 /// Then the node answers again and rejoins. The notifiers' logs are judged for events logged
 /// out of order as well.
 async fn producer_gap(f: Fault) {
-    tokio::time::sleep(WARM_UP).await;
-    let leader = testkit::kafka::partition_leader(&f.topic().await, 0);
-    f.note("frozen_node", json!(leader));
-    f.begin();
-    stack(&format!("kafka-freeze {leader}"));
-    tokio::time::sleep(LEADER_DEAD).await;
-    stack(&format!("kafka-thaw {leader}"));
-    f.end();
+    partition_leader_away(f, "frozen_node", "kafka-freeze", "kafka-thaw").await;
 }
 
 /// Of two replicas, the relay leader's path to PostgreSQL silently stops passing bytes: its
@@ -557,13 +550,19 @@ const RESYNC_PATIENCE: Duration = Duration::from_secs(180);
 
 /// The node leading partition 0 of the run's topic killed with SIGKILL, started again later.
 async fn leader_kill(f: Fault) {
+    partition_leader_away(f, "killed_node", "kafka-kill", "kafka-start").await;
+}
+
+/// The node leading partition 0 of the run's topic taken away by the stack command `away`,
+/// noted as `noted`, and brought back by `back` after [`LEADER_DEAD`].
+async fn partition_leader_away(f: Fault, noted: &str, away: &str, back: &str) {
     tokio::time::sleep(WARM_UP).await;
     let leader = testkit::kafka::partition_leader(&f.topic().await, 0);
-    f.note("killed_node", json!(leader));
+    f.note(noted, json!(leader));
     f.begin();
-    stack(&format!("kafka-kill {leader}"));
+    stack(&format!("{away} {leader}"));
     tokio::time::sleep(LEADER_DEAD).await;
-    stack(&format!("kafka-start {leader}"));
+    stack(&format!("{back} {leader}"));
     f.end();
 }
 
