@@ -255,6 +255,8 @@ pub struct LomsOptions {
     pub through_pipe: bool,
     /// Its limit on open file descriptors (soft and hard), if not the inherited one.
     pub open_files: Option<u64>,
+    /// librdkafka properties given with `--kafka-property`, `key=value`.
+    pub kafka_properties: Vec<String>,
 }
 
 impl LomsOptions {
@@ -271,7 +273,14 @@ impl LomsOptions {
             env: Vec::new(),
             through_pipe: false,
             open_files: None,
+            kafka_properties: Vec::new(),
         }
+    }
+
+    /// A librdkafka property of its producer, `key=value`.
+    pub fn kafka_property(mut self, property: &str) -> Self {
+        self.kafka_properties.push(property.into());
+        self
     }
 
     /// Started under `limit` open file descriptors, as `ulimit -n` would.
@@ -341,6 +350,9 @@ impl LomsProcess {
                 &crate::stack::kafka_security(),
             ))
             .envs(options.env.iter().map(|(k, v)| (k, v)));
+        for property in &options.kafka_properties {
+            command.args(["--kafka-property", property]);
+        }
         let mut loms = Self {
             process: Process::spawn(command, &options.log, options.through_pipe),
             grpc: options.grpc.clone(),
@@ -447,6 +459,8 @@ pub struct NotifierOptions {
     pub through_pipe: bool,
     /// Further environment variables.
     pub env: Vec<(String, String)>,
+    /// librdkafka properties given with `--kafka-property`, `key=value`.
+    pub kafka_properties: Vec<String>,
     /// Its bootstrap servers: the stack's unless a test names others.
     pub brokers: String,
 }
@@ -464,7 +478,14 @@ impl NotifierOptions {
             brokers: crate::stack::brokers(),
             through_pipe: false,
             env: Vec::new(),
+            kafka_properties: Vec::new(),
         }
+    }
+
+    /// A librdkafka property of its consumer, `key=value`.
+    pub fn kafka_property(mut self, property: &str) -> Self {
+        self.kafka_properties.push(property.into());
+        self
     }
 
     pub fn env(mut self, name: &str, value: &str) -> Self {
@@ -507,6 +528,9 @@ impl NotifierOptions {
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(address) = &self.metrics {
             command.args(["--admin-addr", address]);
+        }
+        for property in &self.kafka_properties {
+            command.args(["--kafka-property", property]);
         }
         NotifierProcess {
             process: Process::spawn(command, &self.log, self.through_pipe),

@@ -132,13 +132,33 @@ impl E2e {
     }
 }
 
+/// The event path's settings: librdkafka properties of the relay's producer and of the
+/// notifier's consumer, over the services' own.
+pub struct EventPath {
+    pub name: &'static str,
+    pub producer: &'static [&'static str],
+    pub consumer: &'static [&'static str],
+}
+
+/// The services' own settings.
+pub const DEFAULTS: EventPath = EventPath {
+    name: "defaults",
+    producer: &[],
+    consumer: &[],
+};
+
 /// Orders at `rate` per second for `secs`, each measured from its reply to its log line.
-pub async fn run(secs: u64, rate: u64) -> E2e {
-    let (loms, topic) = crate::system("e2e").await;
+pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
+    let (loms, topic) = crate::system("e2e", path.producer).await;
     let log = crate::out_dir().join("notifier-e2e.log");
     let _ = std::fs::remove_file(&log);
     let metrics = format!("127.0.0.1:{}", free_port());
-    let notifier = NotifierOptions::new(&topic, "bench-e2e")
+    let notifier = path
+        .consumer
+        .iter()
+        .fold(NotifierOptions::new(&topic, "bench-e2e"), |o, p| {
+            o.kafka_property(p)
+        })
         .log(&log)
         .metrics(&metrics)
         .start();

@@ -2,12 +2,14 @@
 //! local stack (`DATABASE_URL`, `KAFKA_BROKERS` from deploy/local/with-stack.sh), with release
 //! builds of loms and notifier run as processes. Prints tables, writes
 //! `target/bench/results.json` and the figures beside it (SVG). `--quick` runs the same
-//! measurements, shorter.
+//! measurements, shorter; `--event-path` measures only the event path's candidate settings
+//! (`make bench-event-path`).
 
 mod consume;
 mod cpu;
 mod drain;
 mod e2e;
+mod event_path;
 mod histogram;
 mod load;
 mod pgbench;
@@ -58,12 +60,16 @@ fn create_request(i: u64) -> OrderCreateRequest {
     }
 }
 
-/// A loms (with its relay) on a database and topic of its own for the run `name`.
-async fn system(name: &str) -> (LomsProcess, String) {
+/// A loms (with its relay, its producer given `producer` properties) on a database and topic
+/// of its own for the run `name`.
+async fn system(name: &str, producer: &[&str]) -> (LomsProcess, String) {
     let db = load_database(&format!("bench_{name}")).await;
     let topic = fresh_topic(&format!("bench.{name}"), 2).await;
     let log = out_dir().join(format!("loms-{name}.log"));
-    (systest::loms(&db, &topic, &log).start().await, topic)
+    let options = producer
+        .iter()
+        .fold(systest::loms(&db, &topic, &log), |o, p| o.kafka_property(p));
+    (options.start().await, topic)
 }
 
 /// A load run and what the machine's cores did meanwhile.
@@ -85,7 +91,7 @@ impl Run {
 /// OrderCreate with 64 clients (relay and a notifier running, as in production), then
 /// OrderInfo with 64 clients on the orders just made; and peak memory of both services.
 async fn create_and_info(secs: u64) -> (Run, Run, Buckets, f64, f64) {
-    let (loms, topic) = system("create").await;
+    let (loms, topic) = system("create", &[]).await;
     let notifier = systest::notifier(
         &topic,
         "bench-create",
@@ -493,6 +499,9 @@ async fn main() {
     println!("0. warming the broker up: {WARM_UP_EVENTS} events drained by a relay and consumed by a notifier, not measured");
     drain::run(WARM_UP_EVENTS).await;
     consume::run(WARM_UP_EVENTS as usize).await;
+    if std::env::args().any(|a| a == "--event-path") {
+        return event_path::sweep(plan.e2e_secs).await;
+    }
 
     let capacity = Capacity::measure(plan.load_secs).await;
 
@@ -500,7 +509,7 @@ async fn main() {
     println!("2. end to end (reply to the notifier's log line), and per stage:");
     let mut e2e = Vec::new();
     for rate in [half, HIGH_RATE, LOW_RATE] {
-        let run = e2e::run(plan.e2e_secs, rate).await;
+        let run = e2e::run(plan.e2e_secs, rate, &e2e::DEFAULTS).await;
         print_e2e(&run);
         e2e.push(run);
     }
