@@ -328,7 +328,7 @@ mod tests {
     /// events: the warm-up's are not in them.
     #[tokio::test]
     async fn stage_figures_are_of_the_measured_orders_only() {
-        let run = super::run(2, 50).await;
+        let run = super::run(2, 50, &super::DEFAULTS).await;
         assert_eq!(run.overall_ms.len(), 100);
         assert_eq!(run.stages_cover_the_measured_events(), Ok(()));
     }
