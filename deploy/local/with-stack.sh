@@ -17,8 +17,10 @@ PG_PORT=$(free_port)
 KAFKA_PORT=$(free_port)
 KAFKA_CONTROLLER_PORT=$(free_port)
 export STACK_DIR PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
-# Two broker listeners for proxies of their own (chaos's kafka_path_blackhole), one node only.
-if [ "${KAFKA_NODES:-1}" = 1 ] && [ -z "${KAFKA_PROXIED_PORTS:-}" ]; then
+# Two broker listeners for proxies of their own (chaos's kafka_path_blackhole), one node only;
+# fresh ones, as every port here: a stack started inside another's run must not take its ports.
+unset KAFKA_PROXIED_PORTS
+if [ "${KAFKA_NODES:-1}" = 1 ]; then
   KAFKA_PROXIED_PORTS=$(free_port):$(free_port),$(free_port):$(free_port)
   export KAFKA_PROXIED_PORTS
 fi
