@@ -40,7 +40,8 @@
 #   KAFKA_PROXIED_PORTS    LISTEN:ADVERTISED[,...] (one plaintext node only): a broker listener on
 #                          each LISTEN port, advertised as 127.0.0.1:ADVERTISED, where a proxy
 #                          (Toxiproxy) is to listen: a client that bootstraps through that proxy
-#                          is told the proxy's address, so all its traffic passes the proxy
+#                          is told the proxy's address, so all its traffic passes the proxy;
+#                          env prints them as KAFKA_PROXIED_LISTENERS
 #   All four are remembered by the stack (STACK_DIR/security) for its later commands.
 set -euo pipefail
 
@@ -531,7 +532,8 @@ print_env() {
       "KAFKA_SASL_USERNAME=loms" "KAFKA_SASL_PASSWORD=$(sasl_password loms)"
       "KAFKA_CA_LOCATION=$tls_dir/ca.pem")
   fi
-  if proxied_listeners; then lines+=("KAFKA_PROXIED_PORTS=$KAFKA_PROXIED_PORTS"); fi
+  # Under another name than the setting, so that a stack started by the command does not take it.
+  if proxied_listeners; then lines+=("KAFKA_PROXIED_LISTENERS=$KAFKA_PROXIED_PORTS"); fi
   lines+=("KAFKA_NODES=$KAFKA_NODES" "KAFKA_REPLICATION=$REPLICATION" "STACK_DIR=$STACK_DIR")
   local line
   for line in "${lines[@]}"; do printf "%s='%s'\n" "${line%%=*}" "${line#*=}"; done

@@ -17,12 +17,12 @@ PG_PORT=$(free_port)
 KAFKA_PORT=$(free_port)
 KAFKA_CONTROLLER_PORT=$(free_port)
 export STACK_DIR PG_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
-# Two broker listeners for proxies of their own (chaos's kafka_path_blackhole), one node only;
-# fresh ones, as every port here: a stack started inside another's run must not take its ports.
-unset KAFKA_PROXIED_PORTS
+# Two broker listeners for proxies of their own (chaos's kafka_path_blackhole), one node only.
+# Given to `stack.sh up` alone, which remembers them: exported, they would reach a stack started
+# inside the command's run (run.sh's, a scenario's), whose broker would then take these ports.
+proxied=""
 if [ "${KAFKA_NODES:-1}" = 1 ]; then
-  KAFKA_PROXIED_PORTS=$(free_port):$(free_port),$(free_port):$(free_port)
-  export KAFKA_PROXIED_PORTS
+  proxied=$(free_port):$(free_port),$(free_port):$(free_port)
 fi
 if [ "${PG_STANDBY:-0}" = 1 ]; then
   PG_STANDBY_PORT=$(free_port)
@@ -44,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$here/stack.sh" up
+KAFKA_PROXIED_PORTS=$proxied "$here/stack.sh" up
 set -a
 eval "$("$here/stack.sh" env)"
 set +a

@@ -149,16 +149,19 @@ async fn poison_messages_are_logged_dead_lettered_and_passed() {
         kafka::produce(&producer, &topic, &format!("poison-{i}"), bad).await;
     }
     let mut notifier = start(&topic, &group);
-    wait_until("the good events are logged", || {
-        all_logged(&[&notifier], &good)
+    let errors = |n: &NotifierProcess| -> Vec<Value> {
+        n.process
+            .json_lines()
+            .into_iter()
+            .filter(|l| l["level"] == "ERROR")
+            .collect()
+    };
+    // The last poison message comes after the last good event: both are awaited.
+    wait_until("the good events and the poison messages are logged", || {
+        all_logged(&[&notifier], &good) && errors(&notifier).len() >= 3
     })
     .await;
-    let errors: Vec<Value> = notifier
-        .process
-        .json_lines()
-        .into_iter()
-        .filter(|l| l["level"] == "ERROR")
-        .collect();
+    let errors = errors(&notifier);
     assert_eq!(errors.len(), 3, "{errors:?}");
     for (i, e) in errors.iter().enumerate() {
         assert_eq!(e["key"], format!("poison-{i}"));

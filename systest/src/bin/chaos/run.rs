@@ -81,14 +81,13 @@ impl Run {
 
 /// For a scenario whose replicas reach the broker through proxies: per replica, the broker's
 /// listener for it and the address that listener advertises, where its proxy listens
-/// (`KAFKA_PROXIED_PORTS` of the stack).
+/// (`KAFKA_PROXIED_LISTENERS`, as `stack.sh env` prints them).
 fn kafka_paths(proxied: Proxied, replicas: usize) -> Vec<(String, String)> {
     if proxied != Proxied::Kafka {
         return Vec::new();
     }
-    let ports = std::env::var("KAFKA_PROXIED_PORTS").expect(
-        "a stack with proxied broker listeners (KAFKA_PROXIED_PORTS; with-stack.sh sets it)",
-    );
+    let ports = std::env::var("KAFKA_PROXIED_LISTENERS")
+        .expect("a stack with proxied broker listeners (with-stack.sh makes one)");
     let paths: Vec<(String, String)> = ports
         .split(',')
         .filter_map(|pair| pair.split_once(':'))
@@ -101,7 +100,7 @@ fn kafka_paths(proxied: Proxied, replicas: usize) -> Vec<(String, String)> {
         .collect();
     assert!(
         paths.len() >= replicas,
-        "KAFKA_PROXIED_PORTS names {} paths for {replicas} replicas",
+        "KAFKA_PROXIED_LISTENERS names {} paths for {replicas} replicas",
         paths.len()
     );
     paths
