@@ -446,6 +446,20 @@ kafka_start() {
     return 0
   fi
   INIT_WAIT_SECONDS=${KAFKA_WAIT_SECONDS:-120} kafka_init >"$kafka_dir/init.log" 2>&1 || {
+    # A node that exits while the cluster forms (seen once with three nodes, its cause not
+    # known yet: its errors are logged here) is started once more.
+    if [ -z "${KAFKA_START_RETRIED:-}" ]; then
+      local exited=()
+      for n in $(nodes); do node_running "$n" || exited+=("$n"); done
+      if [ ${#exited[@]} -gt 0 ]; then
+        for n in "${exited[@]}"; do
+          log "Kafka node $n exited while the cluster formed; its errors: $(grep -m 5 -E 'ERROR|FATAL' "$(node_dir "$n")/logs/server.log" | tr '\n' ' ')"
+        done
+        log "starting the exited nodes once more"
+        KAFKA_START_RETRIED=1 kafka_start
+        return
+      fi
+    fi
     for n in $(nodes); do
       node_running "$n" || fail_with_log "Kafka node $n exited" "$(node_dir "$n")/logs/server.log"
     done
