@@ -266,8 +266,8 @@ impl Default for RelaySettings {
 }
 
 impl ConnectionSettings {
-    pub fn timeouts(&self) -> crate::listeners::Timeouts {
-        crate::listeners::Timeouts {
+    pub fn timeouts(&self) -> service_runtime::http::Timeouts {
+        service_runtime::http::Timeouts {
             header_read: Duration::from_millis(self.header_read_timeout_ms),
             keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
             keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),

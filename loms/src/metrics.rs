@@ -70,47 +70,25 @@ struct PoolMetrics {
     max: Gauge,
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
-    let c = Counter::default();
-    registry.register(name, help, c.clone());
-    c
-}
-
-fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::default();
-    registry.register(name, help, g.clone());
-    g
-}
-
-fn float_gauge(registry: &mut Registry, name: &str, help: &str) -> FloatGauge {
-    let g = FloatGauge::default();
-    registry.register(name, help, g.clone());
-    g
-}
-
-fn stage(registry: &mut Registry, name: &str, help: &str) -> Histogram {
-    let h = service_runtime::metrics::latency_histogram();
-    registry.register(name, help, h.clone());
-    h
-}
+use service_runtime::metrics::{register, register_latency as stage};
 
 impl RelayMetrics {
     fn register(r: &mut Registry) -> Self {
         Self {
-            events_published: counter(r, "loms_events_published", "Order events acknowledged by Kafka."),
-            delivery_errors: counter(r, "loms_relay_delivery_errors", "Batches stopped by a delivery error."),
-            events_parked: counter(r, "loms_events_parked", "Outbox rows parked: refused for good by the broker, or behind such a row of their order."),
-            outbox_parked: gauge(r, "loms_outbox_parked_rows", "Parked outbox rows waiting for an operator (loms outbox parked), as the relay last counted them."),
-            leader: gauge(r, "loms_relay_leader", "1 when this replica holds the relay lock."),
-            last_publish: float_gauge(r, "loms_relay_last_publish_timestamp_seconds", "Unix time of this replica's last batch acknowledged by Kafka and deleted (0: none yet)."),
-            consecutive_failures: gauge(r, "loms_relay_consecutive_failures", "Delivery failures and lost leadership terms since the relay last published; 0 while it publishes."),
-            outbox_backlog: gauge(r, "loms_outbox_backlog", "Events waiting in the outbox (estimated from the ids of the oldest and newest rows), as the relay leader last measured it."),
-            outbox_oldest_age: float_gauge(r, "loms_outbox_oldest_age_seconds", "Age of the oldest waiting event, as the relay leader last measured it."),
+            events_published: register(r, "loms_events_published", "Order events acknowledged by Kafka."),
+            delivery_errors: register(r, "loms_relay_delivery_errors", "Batches stopped by a delivery error."),
+            events_parked: register(r, "loms_events_parked", "Outbox rows parked: refused for good by the broker, or behind such a row of their order."),
+            outbox_parked: register(r, "loms_outbox_parked_rows", "Parked outbox rows waiting for an operator (loms outbox parked), as the relay last counted them."),
+            leader: register(r, "loms_relay_leader", "1 when this replica holds the relay lock."),
+            last_publish: register(r, "loms_relay_last_publish_timestamp_seconds", "Unix time of this replica's last batch acknowledged by Kafka and deleted (0: none yet)."),
+            consecutive_failures: register(r, "loms_relay_consecutive_failures", "Delivery failures and lost leadership terms since the relay last published; 0 while it publishes."),
+            outbox_backlog: register(r, "loms_outbox_backlog", "Events waiting in the outbox (estimated from the ids of the oldest and newest rows), as the relay leader last measured it."),
+            outbox_oldest_age: register(r, "loms_outbox_oldest_age_seconds", "Age of the oldest waiting event, as the relay leader last measured it."),
             outbox_wait: stage(r, "loms_outbox_wait_seconds", "Time from an event's transaction to its read by the relay."),
             publish: stage(r, "loms_relay_publish_seconds", "Time from an event's read by the relay to its acknowledgement by Kafka."),
             cycle: stage(r, "loms_relay_cycle_seconds", "Time from a batch's read to its deletion once acknowledged."),
-            producer_queue_messages: gauge(r, "loms_kafka_producer_queue_messages", "Messages in the relay producer's queue, not yet acknowledged (librdkafka's statistics)."),
-            producer_queue_bytes: gauge(r, "loms_kafka_producer_queue_bytes", "Bytes in the relay producer's queue (librdkafka's statistics)."),
+            producer_queue_messages: register(r, "loms_kafka_producer_queue_messages", "Messages in the relay producer's queue, not yet acknowledged (librdkafka's statistics)."),
+            producer_queue_bytes: register(r, "loms_kafka_producer_queue_bytes", "Bytes in the relay producer's queue (librdkafka's statistics)."),
         }
     }
 }
@@ -119,17 +97,17 @@ impl PoolMetrics {
     fn register(r: &mut Registry) -> Self {
         Self {
             pool: OnceLock::new(),
-            in_use: gauge(
+            in_use: register(
                 r,
                 "loms_db_pool_connections_in_use",
                 "The request pool's connections serving a request now.",
             ),
-            idle: gauge(
+            idle: register(
                 r,
                 "loms_db_pool_connections_idle",
                 "The request pool's open connections waiting for a request.",
             ),
-            max: gauge(
+            max: register(
                 r,
                 "loms_db_pool_max_connections",
                 "Most connections the request pool opens.",

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Shape;
 use crate::config::{DatabaseSettings, Settings};
-use crate::listeners::{serve_grpc, serve_http};
+use crate::grpc::serve_grpc;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::relay::Relay;
@@ -305,7 +305,8 @@ impl Application {
                 listeners_stop.cancel();
             }
         });
-        let (api_guard, admin_guard) = guards(&settings);
+        let api_guard = api_guard(&settings);
+        let idle_timeout = api_guard.idle_timeout;
         let listener_metrics = metrics.listeners();
         let guarded = |listener, name, guard| {
             service_runtime::listener::incoming(listener, name, guard, listener_metrics.clone())
@@ -324,27 +325,28 @@ impl Application {
             .map_err(anyhow::Error::msg)
             .context("HTTP gateway")?;
         let http_server = async {
-            serve_http(
+            service_runtime::http::serve(
                 guarded(http, "http", api_guard),
                 router,
                 http_tls,
                 timeouts,
                 listeners_stop.clone(),
             )
-            .await
-            .context("HTTP server")
+            .await;
+            Ok(())
         };
         let admin_server = async {
-            let router = crate::admin::router(metrics, readiness);
-            serve_http(
-                guarded(admin, "admin", admin_guard),
-                router,
-                None,
+            let status = crate::admin::LomsStatus { metrics, readiness };
+            service_runtime::admin::serve(
+                admin,
+                status,
+                idle_timeout,
+                listener_metrics.clone(),
                 timeouts,
                 listeners_stop.clone(),
             )
-            .await
-            .context("admin server")
+            .await;
+            Ok(())
         };
         let grace = Duration::from_millis(settings.shutdown_timeout_ms);
         let served = drain(
@@ -365,20 +367,18 @@ impl Application {
     }
 }
 
-/// Connections the admin listener keeps open at once: probes and scrapes, a few at a time.
-const ADMIN_CONNECTIONS: usize = 32;
 /// Descriptors kept for what is not a client connection: Kafka's sockets, files, the runtime.
 const OTHER_DESCRIPTORS: u64 = 64;
 
-/// The API listeners' and the admin listener's guards. The API listeners' bound is lowered to
-/// what the file-descriptor limit leaves after the database, the admin listener and the rest:
-/// a flood of connections then meets refusals, not a process that cannot open a file.
-fn guards(settings: &Settings) -> (Guard, Guard) {
+/// The API listeners' guard, its bound lowered to what the file-descriptor limit leaves after
+/// the database, the admin listener and the rest: a flood of connections then meets refusals,
+/// not a process that cannot open a file.
+fn api_guard(settings: &Settings) -> Guard {
     let wanted = settings.connections.max_per_listener;
     let idle_timeout = Duration::from_millis(settings.connections.idle_timeout_ms);
     // The request pool, and as many again for the relay and migrations at worst.
     let database = 2 * u64::from(settings.database.max_connections);
-    let reserved = database + ADMIN_CONNECTIONS as u64 + OTHER_DESCRIPTORS;
+    let reserved = database + service_runtime::admin::CONNECTIONS as u64 + OTHER_DESCRIPTORS;
     let max_connections = match service_runtime::listener::descriptor_limit() {
         Some(limit) => {
             let room = usize::try_from(limit.saturating_sub(reserved) / 2).unwrap_or(usize::MAX);
@@ -395,15 +395,10 @@ fn guards(settings: &Settings) -> (Guard, Guard) {
         }
         None => wanted,
     };
-    let api = Guard {
+    Guard {
         max_connections,
         idle_timeout,
-    };
-    let admin = Guard {
-        max_connections: ADMIN_CONNECTIONS,
-        idle_timeout,
-    };
-    (api, admin)
+    }
 }
 
 /// Runs `servers` to their end, or leaves what is still in flight `grace` after `shutdown`.

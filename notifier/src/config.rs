@@ -202,6 +202,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Logs each old name read, with its new name.
+    pub fn warn_renamed(&self) {
+        for (old, new) in &self.renamed {
+            tracing::warn!(
+                old,
+                new,
+                "configuration: {old} is an old name, read as {new}; use {new}"
+            );
+        }
+    }
+
     /// Moves what an old name set to its new name, and notes it; an old name is only read when
     /// given, so it overrides the new name's value.
     fn adopt_old_names(&mut self) {

@@ -76,7 +76,7 @@ impl Notifier {
                 tracing::info!("offsets committed (nothing new since the last commit)")
             }
             Err(e) => {
-                metrics.commit_errors.inc();
+                metrics.commit_error();
                 tracing::warn!(error = %e, "final commit failed; the next member resumes from the last commit")
             }
         }

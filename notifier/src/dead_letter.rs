@@ -73,11 +73,11 @@ impl DeadLetters {
             }
             let delay = match self.producer.send(record, WRITE_TIMEOUT).await {
                 Ok(_) => {
-                    self.metrics.dlq_writes.inc();
+                    self.metrics.dlq_write();
                     return true;
                 }
                 Err((e, _)) => {
-                    self.metrics.dlq_retries.inc();
+                    self.metrics.dlq_retry();
                     let delay = backoff.advance();
                     tracing::warn!(error = %e, retry_in = ?delay, trace_id, "dead-letter write failed; retrying");
                     delay

@@ -146,13 +146,12 @@ impl Handler {
         }
         match seen {
             Seen::New => {
-                self.metrics.handled.inc();
+                self.metrics.handled(false);
                 event_line!(tracing::Level::INFO,);
             }
             // Never dropped: no one may have logged it yet.
             Seen::OutOfOrder { after } => {
-                self.metrics.handled.inc();
-                self.metrics.out_of_order.inc();
+                self.metrics.handled(true);
                 event_line!(
                     tracing::Level::WARN,
                     out_of_order = true,
@@ -160,7 +159,7 @@ impl Handler {
                 );
             }
             Seen::Duplicate => {
-                self.metrics.duplicates.inc();
+                self.metrics.duplicate();
                 tracing::info!(
                     trace_id,
                     order_id = event.order_id, status = event.status, event_id = %event.event_id,
@@ -171,7 +170,7 @@ impl Handler {
     }
 
     fn log_undecodable(&self, message: &BorrowedMessage<'_>, error: &str, trace_id: &str) {
-        self.metrics.decode_errors.inc();
+        self.metrics.decode_error();
         let payload = message.payload().unwrap_or_default();
         let prefix: String = payload
             .iter()

@@ -37,13 +37,13 @@ impl ClientContext for GroupContext {
             .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
             .map(|p| p.consumer_lag)
             .sum();
-        self.metrics.lag.set(lag);
+        self.metrics.set_lag(lag);
         // Bootstrap entries have no node id; a broker the cluster named, in state UP, answers.
         let up = statistics
             .brokers
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.metrics.broker_up.set(i64::from(up));
+        self.metrics.set_broker_up(up);
     }
 }
 
@@ -56,14 +56,14 @@ impl ConsumerContext for GroupContext {
                     // Nothing stored since the last commit is the common case.
                     Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                     Err(e) => {
-                        self.metrics.commit_errors.inc();
+                        self.metrics.commit_error();
                         tracing::warn!(error = %e, "commit on revoke failed; the next member may see those messages again");
                     }
                 }
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
-                self.metrics.group_member.set(0);
+                self.metrics.set_group_member(false);
                 tracing::warn!(error = %e, "rebalance error");
             }
         }
@@ -72,11 +72,11 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                self.metrics.group_member.set(1);
+                self.metrics.set_group_member(true);
                 tracing::info!(partitions = %describe(partitions), "partitions assigned");
             }
             Rebalance::Revoke(_) => {
-                self.metrics.group_member.set(0);
+                self.metrics.set_group_member(false);
             }
             Rebalance::Error(_) => {}
         }
@@ -88,7 +88,7 @@ impl ConsumerContext for GroupContext {
             // Nothing stored since the last commit: not an error.
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
-                self.metrics.commit_errors.inc();
+                self.metrics.commit_error();
                 tracing::warn!(error = %e, offsets = %describe(offsets), "offset commit failed");
             }
         }

@@ -8,3 +8,4 @@ pub mod dedup;
 pub mod handler;
 pub mod kafka;
 pub mod metrics;
+pub mod startup;

@@ -1,4 +1,5 @@
-//! Metrics on the optional `--admin-addr` (with `/readyz` and `/livez`), through `prometheus-client` (OpenMetrics text).
+//! The notifier's metrics (`prometheus-client`, OpenMetrics text) and readiness, served on the
+//! optional admin listener (`service_runtime::admin`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,172 +8,148 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use service_runtime::admin::{Readiness, Status};
+use service_runtime::listener::ListenerMetrics;
+use service_runtime::metrics::{register, register_latency};
 
 #[derive(Clone)]
-pub struct Metrics(Arc<Inner>);
-
-pub struct Inner {
-    registry: Registry,
-    pub handled: Counter,
-    pub decode_errors: Counter,
-    pub duplicates: Counter,
-    /// Unseen events logged after a later event of their order.
-    pub out_of_order: Counter,
-    pub dlq_retries: Counter,
-    /// Messages written to the dead-letter topic.
-    pub dlq_writes: Counter,
-    /// Offset commits the broker refused or that failed.
-    pub commit_errors: Counter,
-    /// Messages between the last handled offset and the end of the assigned partitions.
-    pub lag: Gauge,
-    /// 1 while this consumer is a member of its group (given an assignment, even an empty one).
-    pub group_member: Gauge,
-    /// 1 while librdkafka's last statistics showed a broker of the cluster up.
-    pub broker_up: Gauge,
-    /// Now minus the event's `occurred_at`, when it is handled.
-    pub event_age: Histogram,
+pub struct Metrics {
+    inner: Arc<Inner>,
 }
 
-impl std::ops::Deref for Metrics {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
+struct Inner {
+    registry: Registry,
+    figures: Figures,
+}
+
+struct Figures {
+    handled: Counter,
+    decode_errors: Counter,
+    duplicates: Counter,
+    out_of_order: Counter,
+    dlq_retries: Counter,
+    dlq_writes: Counter,
+    commit_errors: Counter,
+    lag: Gauge,
+    group_member: Gauge,
+    broker_up: Gauge,
+    event_age: Histogram,
+    listeners: ListenerMetrics,
+}
+
+impl Figures {
+    #[rustfmt::skip]
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            handled: register(r, "notifier_events_handled", "Events logged."),
+            decode_errors: register(r, "notifier_decode_errors", "Messages that did not decode."),
+            duplicates: register(r, "notifier_duplicates", "Events seen again within the window."),
+            out_of_order: register(r, "notifier_out_of_order", "Unseen events logged after a later event of their order."),
+            dlq_writes: register(r, "notifier_dlq_writes", "Messages written to the dead-letter topic."),
+            commit_errors: register(r, "notifier_commit_errors", "Offset commits that failed."),
+            dlq_retries: register(r, "notifier_dlq_retries", "Failed writes to the dead-letter topic, retried."),
+            lag: register(r, "notifier_consumer_lag", "Messages not yet handled on the assigned partitions."),
+            group_member: register(r, "notifier_group_member", "1 while this consumer is a member of its group."),
+            broker_up: register(r, "notifier_broker_up", "1 while a broker of the cluster is reachable (librdkafka's statistics)."),
+            event_age: register_latency(r, "notifier_event_age_seconds", "Time from an event's occurred_at to its handling."),
+            listeners: ListenerMetrics::register(r, "notifier"),
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let handled = counter(&mut registry, "notifier_events_handled", "Events logged.");
-        let decode_errors = counter(
-            &mut registry,
-            "notifier_decode_errors",
-            "Messages that did not decode.",
-        );
-        let duplicates = counter(
-            &mut registry,
-            "notifier_duplicates",
-            "Events seen again within the window.",
-        );
-        let out_of_order = counter(
-            &mut registry,
-            "notifier_out_of_order",
-            "Unseen events logged after a later event of their order.",
-        );
-        let dlq_writes = counter(
-            &mut registry,
-            "notifier_dlq_writes",
-            "Messages written to the dead-letter topic.",
-        );
-        let commit_errors = counter(
-            &mut registry,
-            "notifier_commit_errors",
-            "Offset commits that failed.",
-        );
-        let dlq_retries = counter(
-            &mut registry,
-            "notifier_dlq_retries",
-            "Failed writes to the dead-letter topic, retried.",
-        );
-        let lag = Gauge::default();
-        registry.register(
-            "notifier_consumer_lag",
-            "Messages not yet handled on the assigned partitions.",
-            lag.clone(),
-        );
-        let group_member = Gauge::default();
-        registry.register(
-            "notifier_group_member",
-            "1 while this consumer is a member of its group.",
-            group_member.clone(),
-        );
-        let broker_up = Gauge::default();
-        registry.register(
-            "notifier_broker_up",
-            "1 while a broker of the cluster is reachable (librdkafka's statistics).",
-            broker_up.clone(),
-        );
-        let event_age = service_runtime::metrics::latency_histogram();
-        registry.register(
-            "notifier_event_age_seconds",
-            "Time from an event's occurred_at to its handling.",
-            event_age.clone(),
-        );
+        let figures = Figures::register(&mut registry);
         service_runtime::telemetry::register_dropped_lines(&mut registry, "notifier");
         service_runtime::telemetry::register_dropped_spans(&mut registry, "notifier");
-        Self(Arc::new(Inner {
-            registry,
-            handled,
-            decode_errors,
-            duplicates,
-            out_of_order,
-            dlq_retries,
-            dlq_writes,
-            commit_errors,
-            lag,
-            group_member,
-            broker_up,
-            event_age,
-        }))
+        Self {
+            inner: Arc::new(Inner { registry, figures }),
+        }
     }
 }
 
 impl Metrics {
+    /// An event logged; `out_of_order` when a later event of its order was logged before it.
+    pub fn handled(&self, out_of_order: bool) {
+        self.inner.figures.handled.inc();
+        if out_of_order {
+            self.inner.figures.out_of_order.inc();
+        }
+    }
+
+    /// Events logged so far.
+    pub fn handled_count(&self) -> u64 {
+        self.inner.figures.handled.get()
+    }
+
+    pub fn duplicate(&self) {
+        self.inner.figures.duplicates.inc();
+    }
+
+    pub fn decode_error(&self) {
+        self.inner.figures.decode_errors.inc();
+    }
+
+    pub fn dlq_write(&self) {
+        self.inner.figures.dlq_writes.inc();
+    }
+
+    pub fn dlq_retry(&self) {
+        self.inner.figures.dlq_retries.inc();
+    }
+
+    /// An offset commit the broker refused or that failed.
+    pub fn commit_error(&self) {
+        self.inner.figures.commit_errors.inc();
+    }
+
+    /// Messages between the last handled offset and the end of the assigned partitions.
+    pub fn set_lag(&self, lag: i64) {
+        self.inner.figures.lag.set(lag);
+    }
+
+    /// Whether librdkafka's last statistics showed a broker of the cluster up.
+    pub fn set_broker_up(&self, up: bool) {
+        self.inner.figures.broker_up.set(i64::from(up));
+    }
+
+    /// Whether this consumer is a member of its group (given an assignment, even an empty one).
+    pub fn set_group_member(&self, member: bool) {
+        self.inner.figures.group_member.set(i64::from(member));
+    }
+
+    /// Now minus the event's `occurred_at`, when it is handled.
     pub fn observe_age(&self, age: Duration) {
-        self.event_age.observe(age.as_secs_f64());
+        self.inner.figures.event_age.observe(age.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
-        service_runtime::metrics::encode(&self.registry)
+        service_runtime::metrics::encode(&self.inner.registry)
     }
 
-    /// Ready: a member of its group, with a broker reachable.
-    pub fn ready(&self) -> bool {
-        self.group_member.get() == 1 && self.broker_up.get() == 1
+    pub fn listeners(&self) -> ListenerMetrics {
+        self.inner.figures.listeners.clone()
     }
 }
 
-/// Serves `GET /metrics`, `GET /readyz` (200 when [`Metrics::ready`], 503 otherwise) and
-/// `GET /livez` until `shutdown`.
-pub async fn serve(
-    addr: &str,
-    metrics: Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics served");
-    let ready = metrics.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        service_runtime::metrics::CONTENT_TYPE,
-                    )],
-                    metrics.render(),
-                )
-            }),
-        )
-        .route(
-            "/readyz",
-            axum::routing::get(move || async move {
-                if ready.ready() {
-                    (axum::http::StatusCode::OK, "ready")
-                } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }),
-        )
-        .route("/livez", axum::routing::get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
+impl Status for Metrics {
+    fn metrics(&self) -> String {
+        self.render()
+    }
+
+    /// Ready: a member of its group, with a broker reachable.
+    fn readiness(&self) -> Readiness {
+        let group_member = self.inner.figures.group_member.get() == 1;
+        let broker_up = self.inner.figures.broker_up.get() == 1;
+        Readiness {
+            ready: group_member && broker_up,
+            parts: [
+                ("group_member".to_string(), group_member.into()),
+                ("broker_up".to_string(), broker_up.into()),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
 }

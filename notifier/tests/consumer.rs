@@ -320,39 +320,3 @@ async fn an_unseen_earlier_event_after_a_later_one_is_logged_in_full() {
         notifier.process.log_text()
     );
 }
-
-/// `/readyz` on the metrics address: 200 once the notifier is a member of its group with a
-/// broker up; 503 for one whose broker does not exist. `/livez` answers 200 for both.
-#[tokio::test]
-async fn readyz_is_200_in_its_group_and_503_without_a_broker() {
-    let status = |address: &str, path: &str| {
-        let url = format!("http://{address}{path}");
-        async move {
-            reqwest::get(url)
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
-    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
-    let group = format!("notifier-test-{}", testkit::unique());
-    let address = testkit::process::free_address();
-    let _member = NotifierOptions::new(&topic, &group)
-        .metrics(&address)
-        .start();
-    eventually("ready in its group", PATIENCE, || async {
-        status(&address, "/readyz").await == 200
-    })
-    .await;
-    assert_eq!(status(&address, "/livez").await, 200);
-
-    let lonely_address = testkit::process::free_address();
-    let mut lonely = NotifierOptions::new(&topic, &group).metrics(&lonely_address);
-    lonely.brokers = testkit::process::free_address();
-    let _lonely = lonely.start();
-    eventually("its metrics address answers", PATIENCE, || async {
-        status(&lonely_address, "/livez").await == 200
-    })
-    .await;
-    assert_eq!(status(&lonely_address, "/readyz").await, 503);
-}

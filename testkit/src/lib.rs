@@ -21,6 +21,7 @@ pub mod db;
 pub mod fuzz;
 pub mod jaeger;
 pub mod kafka;
+pub mod notifier_app;
 pub mod process;
 pub mod stack;
 pub mod toxiproxy;

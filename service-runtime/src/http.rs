@@ -1,24 +1,22 @@
-//! The three listeners (gRPC, the HTTP gateway, admin), each on a guarded listener
-//! (`service_runtime::listener`: a bound on open connections, an idle timeout, accept errors
-//! backed off), with HTTP/1's header-read timeout and HTTP/2's keepalive pings.
+//! HTTP/1.1 and HTTP/2 (optionally TLS) on a guarded listener: what loms's gateway and both
+//! services' admin listeners are served with, HTTP/1's header-read timeout and HTTP/2's
+//! keepalive pings included.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use service_runtime::listener::Connection;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::service::LomsService;
+use crate::listener::Connection;
 
 /// How long a client may take over what it must send, and how a quiet peer is checked on.
 #[derive(Debug, Clone, Copy)]
@@ -31,47 +29,15 @@ pub struct Timeouts {
     pub keepalive_timeout: Duration,
 }
 
-/// The gRPC server with health and reflection on `incoming`, until `stop`.
-pub fn serve_grpc(
-    incoming: impl Stream<Item = io::Result<Connection>> + Send + 'static,
-    service: LomsService,
-    health_service: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
-    max_message_bytes: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    timeouts: Timeouts,
-    stop: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(timeouts.keepalive_interval))
-        .http2_keepalive_timeout(Some(timeouts.keepalive_timeout));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("gRPC TLS")?;
-    }
-    let server = builder
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(api::LomsServer::new(service).max_decoding_message_size(max_message_bytes))
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
-    Ok(async { server.await.context("gRPC server") })
-}
-
 /// `router` over HTTP/1.1 and HTTP/2 (with rustls when `tls` is given) on `incoming` until
 /// `stop`, then draining its connections.
-pub async fn serve_http(
+pub async fn serve(
     incoming: impl Stream<Item = io::Result<Connection>> + Send,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     timeouts: Timeouts,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -128,5 +94,15 @@ pub async fn serve_http(
     drop(incoming);
     connections.close();
     connections.wait().await;
-    Ok(())
+}
+
+impl Default for Timeouts {
+    /// loms's defaults, and the notifier's admin listener's.
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
 }
