@@ -449,6 +449,18 @@ pub struct Overrides {
     pub log_json: bool,
 }
 
+impl service_runtime::config::Layered for Settings {
+    const PREFIX: &'static str = "LOMS";
+
+    fn kafka_properties(&mut self) -> &mut Properties {
+        &mut self.kafka.properties
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Settings::validate(self)
+    }
+}
+
 impl Settings {
     /// Builds the settings from every layer; `env` is the process environment in production
     /// and a given map in tests.
@@ -456,29 +468,21 @@ impl Settings {
         overrides: &Overrides,
         env: Option<config::Map<String, String>>,
     ) -> Result<Self, config::ConfigError> {
-        let mut builder = service_runtime::config::layers(
-            "LOMS",
-            overrides.config.as_deref(),
-            env,
-            &[
-                ("grpc_addr", overrides.grpc_addr.as_ref()),
-                ("http_addr", overrides.http_addr.as_ref()),
-                ("admin_addr", overrides.admin_addr.as_ref()),
-                ("database.url", overrides.database_url.as_ref()),
-                ("kafka.brokers", overrides.kafka_brokers.as_ref()),
-                ("kafka.topic", overrides.kafka_topic.as_ref()),
-            ],
-        )?;
-        if overrides.log_json {
-            builder = builder.set_override("log.json", true)?;
-        }
-        let mut settings: Self = builder.build()?.try_deserialize()?;
-        for property in &overrides.kafka_properties {
-            service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
-                .map_err(config::ConfigError::Message)?;
-        }
-        settings.validate().map_err(config::ConfigError::Message)?;
-        Ok(settings)
+        let flags = [
+            ("grpc_addr", overrides.grpc_addr.as_ref()),
+            ("http_addr", overrides.http_addr.as_ref()),
+            ("admin_addr", overrides.admin_addr.as_ref()),
+            ("database.url", overrides.database_url.as_ref()),
+            ("kafka.brokers", overrides.kafka_brokers.as_ref()),
+            ("kafka.topic", overrides.kafka_topic.as_ref()),
+        ];
+        let given = service_runtime::config::Given {
+            file: overrides.config.as_deref(),
+            flags: &flags,
+            log_json: overrides.log_json,
+            kafka_properties: &overrides.kafka_properties,
+        };
+        service_runtime::config::load(&given, env)
     }
 }
 

@@ -162,30 +162,30 @@ impl Settings {
         )
     }
 
-    pub fn load(flags: &Flags, env: Option<config::Map<String, String>>) -> anyhow::Result<Self> {
-        let mut builder = service_runtime::config::layers(
-            "NOTIFIER",
-            flags.config.as_deref(),
-            env,
-            &[
-                ("kafka.brokers", flags.kafka_brokers.as_ref()),
-                (
-                    "kafka.topic",
-                    flags.kafka_topic.as_ref().or(flags.topic.as_ref()),
-                ),
-                ("kafka.group_id", flags.group_id.as_ref()),
-                ("kafka.dlq_topic", flags.dlq_topic.as_ref()),
-                (
-                    "admin_addr",
-                    flags.admin_addr.as_ref().or(flags.metrics_addr.as_ref()),
-                ),
-            ],
-        )?;
-        if flags.log_json {
-            builder = builder.set_override("log.json", true)?;
-        }
-        let mut settings: Self = builder.build()?.try_deserialize()?;
-        settings.adopt_old_names();
+    pub fn load(
+        flags: &Flags,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, config::ConfigError> {
+        let keys = [
+            ("kafka.brokers", flags.kafka_brokers.as_ref()),
+            (
+                "kafka.topic",
+                flags.kafka_topic.as_ref().or(flags.topic.as_ref()),
+            ),
+            ("kafka.group_id", flags.group_id.as_ref()),
+            ("kafka.dlq_topic", flags.dlq_topic.as_ref()),
+            (
+                "admin_addr",
+                flags.admin_addr.as_ref().or(flags.metrics_addr.as_ref()),
+            ),
+        ];
+        let given = service_runtime::config::Given {
+            file: flags.config.as_deref(),
+            flags: &keys,
+            log_json: flags.log_json,
+            kafka_properties: &flags.kafka_properties,
+        };
+        let mut settings: Self = service_runtime::config::load(&given, env)?;
         for (given, old, new) in [
             (&flags.topic, "--topic", "--kafka-topic"),
             (&flags.metrics_addr, "--metrics-addr", "--admin-addr"),
@@ -194,11 +194,6 @@ impl Settings {
                 settings.renamed.push((old, new));
             }
         }
-        for property in &flags.kafka_properties {
-            service_runtime::kafka::add_property(&mut settings.kafka.properties, property)
-                .map_err(anyhow::Error::msg)?;
-        }
-        settings.validate().map_err(anyhow::Error::msg)?;
         Ok(settings)
     }
 
@@ -211,6 +206,38 @@ impl Settings {
                 "configuration: {old} is an old name, read as {new}; use {new}"
             );
         }
+    }
+
+    /// Zero sizes and intervals are refused at start, by name.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("dedup_window", self.dedup_window as u64),
+            ("backoff_initial_ms", self.backoff_initial_ms),
+            ("backoff_max_ms", self.backoff_max_ms),
+            ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
+        ];
+        let problems: Vec<String> = positive
+            .iter()
+            .filter(|(_, v)| *v == 0)
+            .map(|(k, _)| format!("{k} must be greater than 0"))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+impl service_runtime::config::Layered for Settings {
+    const PREFIX: &'static str = "NOTIFIER";
+
+    fn kafka_properties(&mut self) -> &mut Properties {
+        &mut self.kafka.properties
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        Settings::validate(self)
     }
 
     /// Moves what an old name set to its new name, and notes it; an old name is only read when
@@ -240,26 +267,6 @@ impl Settings {
         if let Some(ms) = self.retry_max_ms.take() {
             self.backoff_max_ms = ms;
             self.renamed.push(("retry_max_ms", "backoff_max_ms"));
-        }
-    }
-
-    /// Zero sizes and intervals are refused at start, by name.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("dedup_window", self.dedup_window as u64),
-            ("backoff_initial_ms", self.backoff_initial_ms),
-            ("backoff_max_ms", self.backoff_max_ms),
-            ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
-        ];
-        let problems: Vec<String> = positive
-            .iter()
-            .filter(|(_, v)| *v == 0)
-            .map(|(k, _)| format!("{k} must be greater than 0"))
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
         }
     }
 }
