@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;

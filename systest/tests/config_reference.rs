@@ -1,7 +1,9 @@
 //! The configuration reference (`docs/configuration.md`) and the JSON Schemas of both services'
 //! files (`docs/schema/`) are generated from the settings types: a stale file fails here, and
 //! `make config-reference` rewrites them. Every flag sets the key the reference names, as its
-//! environment variable does; the example files pass their schema and their service's loader.
+//! environment variable does; the example files pass their schema and their service's loader;
+//! every flag and variable the documentation names is accepted, and both services spell a
+//! shared setting alike.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -187,5 +189,134 @@ fn example_files_pass_their_schema_and_their_service() {
             !validator.is_valid(&typo),
             "the schema refuses unknown keys"
         );
+    }
+}
+
+/// Flags the documentation names that belong to other programs (make's bench and chaos
+/// arguments, prlimit), not to either service.
+const OTHER_PROGRAMS_FLAGS: [&str; 4] = ["--quick", "--event-path", "--check", "--nofile"];
+
+/// Every long flag of a clap command and its subcommands, hidden (old) names included.
+fn long_flags(command: &clap::Command) -> Vec<String> {
+    let mut flags: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    for sub in command.get_subcommands() {
+        flags.extend(long_flags(sub));
+    }
+    flags
+}
+
+/// Whether `path` (keys from the root) is a key of `schema`; below a map (`kafka.properties`)
+/// any key is.
+fn schema_has(schema: &Value, path: &[String]) -> bool {
+    let definitions = &schema["$defs"];
+    let mut node = schema;
+    for key in path {
+        if let Some(reference) = node["$ref"].as_str() {
+            node = &definitions[reference.trim_start_matches("#/$defs/")];
+        }
+        match node["properties"].get(key) {
+            Some(next) => node = next,
+            None => return node["additionalProperties"].is_object(),
+        }
+    }
+    true
+}
+
+/// The prose pages a user reads (the generated reference is checked above).
+fn documentation() -> Vec<(PathBuf, String)> {
+    let mut pages = vec![root().join("README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") && !path.ends_with("configuration.md") {
+            pages.push(path);
+        }
+    }
+    pages
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect()
+}
+
+fn tokens<'a>(text: &'a str, starts: &'a [&str]) -> impl Iterator<Item = &'a str> + 'a {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .filter(move |t| starts.iter().any(|s| t.starts_with(s)))
+}
+
+/// Every flag and environment variable the README and the docs name is one that a service
+/// accepts (or, for a compose variable, one that a compose file reads).
+#[test]
+fn every_flag_and_variable_the_documentation_names_is_accepted() {
+    use clap::CommandFactory;
+    let mut flags = long_flags(&loms::cli::Cli::command());
+    flags.extend(long_flags(&notifier::config::Flags::command()));
+    let compose: String = [
+        "docker-compose.yml",
+        "docker-compose.replicated.yml",
+        "docker-compose.secure.yml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root().join("deploy").join(f)).unwrap())
+    .collect();
+    let services = services();
+    let mut unknown = Vec::new();
+    for (page, text) in documentation() {
+        let page = page.strip_prefix(root()).unwrap().display().to_string();
+        for flag in tokens(text.as_str(), &["--"]) {
+            let named = flag.as_bytes().get(2).is_some_and(u8::is_ascii_lowercase);
+            if named
+                && !flags.iter().any(|f| f == flag)
+                && !OTHER_PROGRAMS_FLAGS.contains(&flag)
+            {
+                unknown.push(format!("{page}: {flag}"));
+            }
+        }
+        for variable in tokens(text.as_str(), &["LOMS_", "NOTIFIER_"]) {
+            let service = services
+                .iter()
+                .find(|s| variable.starts_with(&format!("{}_", s.env_prefix)))
+                .unwrap();
+            let path: Vec<String> = variable[service.env_prefix.len() + 1..]
+                .split("__")
+                .filter(|k| !k.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            let read_by_compose = compose.contains(&format!("${{{variable}"));
+            if !read_by_compose && !schema_has(&service.schema, &path) {
+                unknown.push(format!("{page}: {variable}"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "named in the documentation, accepted by nothing: {unknown:#?}"
+    );
+}
+
+/// A setting both services have is spelled alike in both: the same key takes the same flag.
+#[test]
+fn both_services_spell_shared_settings_alike() {
+    let [loms, notifier] = services();
+    let shared: Vec<&String> = loms
+        .flags
+        .keys()
+        .filter(|k| notifier.flags.contains_key(*k))
+        .collect();
+    for key in [
+        "admin_addr",
+        "kafka.brokers",
+        "kafka.topic",
+        "kafka.properties",
+        "log.json",
+    ] {
+        assert!(shared.iter().any(|k| *k == key), "{key} is a flag of both");
+    }
+    for key in shared {
+        assert_eq!(loms.flags[key], notifier.flags[key], "{key}");
     }
 }
