@@ -302,61 +302,33 @@ impl Settings {
     /// interval (a relay that reads nothing, a busy loop), and timings that contradict each
     /// other (a lease a live leader's heartbeat cannot renew).
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+        let mut problems = service_runtime::config::zero_values(&self.positive());
+        problems.extend(self.contradictions());
+        service_runtime::config::verdict(problems)
+    }
+
+    /// The sizes and intervals that must not be 0.
+    #[rustfmt::skip]
+    fn positive(&self) -> [(&'static str, u64); 25] {
+        [
             ("http_body_limit_bytes", self.http_body_limit_bytes as u64),
             ("grpc_max_message_bytes", self.grpc_max_message_bytes as u64),
             ("max_order_lines", self.max_order_lines as u64),
-            (
-                "max_concurrent_requests",
-                self.max_concurrent_requests as u64,
-            ),
+            ("max_concurrent_requests", self.max_concurrent_requests as u64),
             ("request_timeout_ms", self.request_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
-            (
-                "connections.max_per_listener",
-                self.connections.max_per_listener as u64,
-            ),
-            (
-                "connections.idle_timeout_ms",
-                self.connections.idle_timeout_ms,
-            ),
-            (
-                "connections.header_read_timeout_ms",
-                self.connections.header_read_timeout_ms,
-            ),
-            (
-                "connections.keepalive_interval_ms",
-                self.connections.keepalive_interval_ms,
-            ),
-            (
-                "connections.keepalive_timeout_ms",
-                self.connections.keepalive_timeout_ms,
-            ),
-            (
-                "database.max_connections",
-                u64::from(self.database.max_connections),
-            ),
-            (
-                "database.acquire_timeout_ms",
-                self.database.acquire_timeout_ms,
-            ),
-            (
-                "database.statement_timeout_ms",
-                self.database.statement_timeout_ms,
-            ),
-            (
-                "database.order_batch_max",
-                self.database.order_batch_max as u64,
-            ),
-            (
-                "database.order_batch_workers",
-                self.database.order_batch_workers as u64,
-            ),
+            ("connections.max_per_listener", self.connections.max_per_listener as u64),
+            ("connections.idle_timeout_ms", self.connections.idle_timeout_ms),
+            ("connections.header_read_timeout_ms", self.connections.header_read_timeout_ms),
+            ("connections.keepalive_interval_ms", self.connections.keepalive_interval_ms),
+            ("connections.keepalive_timeout_ms", self.connections.keepalive_timeout_ms),
+            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("database.acquire_timeout_ms", self.database.acquire_timeout_ms),
+            ("database.statement_timeout_ms", self.database.statement_timeout_ms),
+            ("database.order_batch_max", self.database.order_batch_max as u64),
+            ("database.order_batch_workers", self.database.order_batch_workers as u64),
             ("kafka.max_event_bytes", self.kafka.max_event_bytes as u64),
-            (
-                "relay.batch_size",
-                u64::try_from(self.relay.batch_size).unwrap_or(0),
-            ),
+            ("relay.batch_size", u64::try_from(self.relay.batch_size).unwrap_or(0)),
             ("relay.poll_interval_ms", self.relay.poll_interval_ms),
             ("relay.backoff_initial_ms", self.relay.backoff_initial_ms),
             ("relay.backoff_max_ms", self.relay.backoff_max_ms),
@@ -364,12 +336,12 @@ impl Settings {
             ("relay.heartbeat_ms", self.relay.heartbeat_ms),
             ("relay.lease_ms", self.relay.lease_ms),
             ("relay.stall_timeout_ms", self.relay.stall_timeout_ms),
-        ];
-        let mut problems: Vec<String> = positive
-            .iter()
-            .filter(|(_, v)| *v == 0)
-            .map(|(k, _)| format!("{k} must be greater than 0"))
-            .collect();
+        ]
+    }
+
+    /// Timings and sizes that contradict each other.
+    fn contradictions(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.request_timeout_ms <= self.database.statement_timeout_ms {
             problems.push(format!(
                 "request_timeout_ms ({}) must exceed database.statement_timeout_ms ({})",
@@ -396,11 +368,7 @@ impl Settings {
                 r.heartbeat_ms + r.call_timeout_ms
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        problems
     }
 }
 

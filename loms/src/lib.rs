@@ -5,6 +5,7 @@ pub mod admin;
 pub mod batcher;
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod domain;
 pub mod error;
 pub mod grpc;

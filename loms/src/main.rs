@@ -16,11 +16,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(?settings, "configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            loms::startup::migrate_safely(&settings.database).await?;
+            loms::database::migrate_safely(&settings.database).await?;
             tracing::info!("migrations applied");
         }
         Command::Outbox { command } => {
-            let pool = loms::startup::connect(&settings.database).await?;
+            let pool = loms::database::connect(&settings.database).await?;
             loms::cli::outbox(&pool, command).await?;
         }
         Command::Serve => {

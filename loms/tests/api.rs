@@ -513,7 +513,7 @@ async fn seed_migration_matches_the_stock_data() {
     expected.sort();
     assert_eq!(app.stocks().await, expected);
     // Migrations run again at start-up and by `loms migrate`: harmless.
-    loms::startup::migrate(&app.pool).await.unwrap();
+    loms::database::migrate(&app.pool).await.unwrap();
     assert_eq!(app.stocks().await, expected);
     app.stop().await;
 }

@@ -21,8 +21,8 @@ const PLENTY: i64 = 800_000_002;
 async fn setup() -> (PgPool, Storage, Metrics) {
     let db = testkit::db::fresh_database().await;
     let settings = testkit::app::settings(&db, "loms.order-events.unused", false);
-    let pool = loms::startup::connect(&settings.database).await.unwrap();
-    loms::startup::migrate(&pool).await.unwrap();
+    let pool = loms::database::connect(&settings.database).await.unwrap();
+    loms::database::migrate(&pool).await.unwrap();
     sqlx::query("INSERT INTO stocks VALUES ($1, 3, 0), ($2, 100, 0)")
         .bind(SCARCE)
         .bind(PLENTY)

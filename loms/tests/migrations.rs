@@ -16,7 +16,7 @@ async fn orders_made_before_the_lines_moved_keep_their_lines() {
     // The schema as it was: the migrations before that one, from a folder of their own.
     let earlier = std::env::temp_dir().join(format!("migrations-{}", testkit::unique()));
     std::fs::create_dir_all(&earlier).unwrap();
-    for migration in loms::startup::MIGRATOR.iter() {
+    for migration in loms::database::MIGRATOR.iter() {
         if migration.version < LINES_IN_ORDERS {
             let name = format!(
                 "{}_{}.sql",
@@ -95,7 +95,7 @@ async fn migrations_ignore_the_statement_timeout_and_respect_the_lock_timeout() 
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, loms::startup::MIGRATOR.iter().count() as i64);
+    assert_eq!(applied, loms::database::MIGRATOR.iter().count() as i64);
 
     // Live traffic holds a lock the next migration needs: the migration gives up.
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20260101000005")

@@ -22,8 +22,8 @@ async fn every_statement_is_planned_once_per_session() {
     let mut settings = settings(&db, "loms.order-events.unused", false);
     // One session: the one whose prepared statements the test reads.
     settings.database.max_connections = 1;
-    let pool = loms::startup::connect(&settings.database).await.unwrap();
-    loms::startup::migrate(&pool).await.unwrap();
+    let pool = loms::database::connect(&settings.database).await.unwrap();
+    loms::database::migrate(&pool).await.unwrap();
     sqlx::query("INSERT INTO stocks SELECT s, 100, 0 FROM generate_series($1, $2) s")
         .bind(FIRST_SKU)
         .bind(FIRST_SKU + SKUS - 1)

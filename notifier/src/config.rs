@@ -216,16 +216,7 @@ impl Settings {
             ("backoff_max_ms", self.backoff_max_ms),
             ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
         ];
-        let problems: Vec<String> = positive
-            .iter()
-            .filter(|(_, v)| *v == 0)
-            .map(|(k, _)| format!("{k} must be greater than 0"))
-            .collect();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        service_runtime::config::verdict(service_runtime::config::zero_values(&positive))
     }
 }
 

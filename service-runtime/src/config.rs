@@ -67,3 +67,21 @@ pub fn load<T: Layered>(
     settings.validate().map_err(ConfigError::Message)?;
     Ok(settings)
 }
+
+/// "`key` must be greater than 0" for each of `values` that is 0.
+pub fn zero_values(values: &[(&str, u64)]) -> Vec<String> {
+    values
+        .iter()
+        .filter(|(_, v)| *v == 0)
+        .map(|(k, _)| format!("{k} must be greater than 0"))
+        .collect()
+}
+
+/// The problems found, as one error naming them all.
+pub fn verdict(problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}

@@ -269,10 +269,7 @@ fn every_flag_and_variable_the_documentation_names_is_accepted() {
         let page = page.strip_prefix(root()).unwrap().display().to_string();
         for flag in tokens(text.as_str(), &["--"]) {
             let named = flag.as_bytes().get(2).is_some_and(u8::is_ascii_lowercase);
-            if named
-                && !flags.iter().any(|f| f == flag)
-                && !OTHER_PROGRAMS_FLAGS.contains(&flag)
-            {
+            if named && !flags.iter().any(|f| f == flag) && !OTHER_PROGRAMS_FLAGS.contains(&flag) {
                 unknown.push(format!("{page}: {flag}"));
             }
         }

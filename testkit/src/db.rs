@@ -46,7 +46,7 @@ pub async fn fresh_database() -> String {
 /// A pool on `url` with the migrations applied.
 pub async fn migrated(url: &str) -> PgPool {
     let pool = PgPool::connect(url).await.expect("connect to the database");
-    loms::startup::migrate(&pool).await.expect("migrations");
+    loms::database::migrate(&pool).await.expect("migrations");
     pool
 }
 

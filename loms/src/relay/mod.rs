@@ -6,6 +6,8 @@
 //! explicit states. A row is deleted only after Kafka acknowledged it; a row the broker refuses
 //! for good is parked with the rest of its order, and the other orders go on.
 
+mod batch;
+mod failure;
 mod leadership;
 mod pipeline;
 

@@ -53,7 +53,7 @@ fn spawn(database: &str, args: &[&str]) -> std::process::Child {
 
 /// pgbench running loms's SQL, its sessions planning as loms's do.
 fn spawn_as_loms(database: &str, args: &[&str]) -> std::process::Child {
-    let planner: Vec<String> = loms::startup::PLANNER_SETTINGS
+    let planner: Vec<String> = loms::database::PLANNER_SETTINGS
         .iter()
         .map(|(k, v)| format!("-c {k}={v}"))
         .collect();
