@@ -1,5 +1,6 @@
 //! The gRPC API of loms (`loms.Loms`), generated from `proto/loms/v1/loms.proto`.
 
+#[allow(clippy::too_many_lines)] // generated
 pub mod loms {
     tonic::include_proto!("loms");
     include!(concat!(env!("OUT_DIR"), "/loms.serde.rs"));

@@ -136,66 +136,101 @@ impl CreateBatches {
 
     /// One call of `create_orders` for `orders`, in their order.
     async fn commit(&self, orders: &[PendingOrder]) -> Result<Vec<Decided>, sqlx::Error> {
-        let n = orders.len();
-        let events = n * EVENTS_PER_NEW_ORDER as usize;
-        let (mut ids, mut user_ids, mut line_ends) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut skus, mut counts) = (Vec::new(), Vec::new());
-        let mut keys = Vec::with_capacity(events);
-        let (mut reserved_payloads, mut reserved_headers) =
-            (Vec::with_capacity(events), Vec::with_capacity(events));
-        let (mut failed_payloads, mut failed_headers) =
-            (Vec::with_capacity(events), Vec::with_capacity(events));
-        for o in orders {
-            ids.push(o.order_id);
-            user_ids.push(o.order.user_id);
-            for line in &o.order.lines {
-                skus.push(line.sku);
-                counts.push(line.count);
-            }
-            line_ends.push(i32::try_from(skus.len()).unwrap_or(i32::MAX));
-            keys.extend_from_slice(&o.reserved_rows.keys);
-            reserved_payloads.extend_from_slice(&o.reserved_rows.payloads);
-            reserved_headers.extend_from_slice(&o.reserved_rows.headers);
-            failed_payloads.extend_from_slice(&o.failed_rows.payloads);
-            failed_headers.extend_from_slice(&o.failed_rows.headers);
-        }
+        let c = Columns::of(orders);
         let (reserved, available): (Vec<bool>, Vec<Option<i64>>) = sqlx::query_as(CREATE_ORDERS)
-            .bind(&ids)
-            .bind(&user_ids)
-            .bind(&line_ends)
-            .bind(&skus)
-            .bind(&counts)
+            .bind(&c.ids)
+            .bind(&c.user_ids)
+            .bind(&c.line_ends)
+            .bind(&c.skus)
+            .bind(&c.counts)
             .bind(Status::created(true))
             .bind(Status::created(false))
             .bind(EVENTS_PER_NEW_ORDER)
             .bind(&self.topic)
-            .bind(&keys)
-            .bind(&reserved_payloads)
-            .bind(&reserved_headers)
-            .bind(&failed_payloads)
-            .bind(&failed_headers)
+            .bind(&c.keys)
+            .bind(&c.reserved_payloads)
+            .bind(&c.reserved_headers)
+            .bind(&c.failed_payloads)
+            .bind(&c.failed_headers)
             .fetch_one(&self.pool)
             .await?;
-        if reserved.len() != n {
+        if reserved.len() != orders.len() {
             return Err(sqlx::Error::Decode(
-                format!("create_orders decided {} orders of {n}", reserved.len()).into(),
+                format!(
+                    "create_orders decided {} orders of {}",
+                    reserved.len(),
+                    orders.len()
+                )
+                .into(),
             ));
         }
-        // Empty when the batch had been committed before: nothing read back.
-        let read_back = available.len() == skus.len();
+        Ok(c.decided(reserved, available))
+    }
+}
+
+/// A batch of orders as `create_orders` takes it: one array per column, the lines of all
+/// orders one after another (`line_ends` marks where each order's end).
+struct Columns {
+    ids: Vec<i64>,
+    user_ids: Vec<i64>,
+    line_ends: Vec<i32>,
+    skus: Vec<i64>,
+    counts: Vec<i64>,
+    keys: Vec<String>,
+    reserved_payloads: Vec<Vec<u8>>,
+    reserved_headers: Vec<serde_json::Value>,
+    failed_payloads: Vec<Vec<u8>>,
+    failed_headers: Vec<serde_json::Value>,
+}
+
+impl Columns {
+    fn of(orders: &[PendingOrder]) -> Self {
+        let n = orders.len();
+        let events = n * EVENTS_PER_NEW_ORDER as usize;
+        let mut c = Self {
+            ids: Vec::with_capacity(n),
+            user_ids: Vec::with_capacity(n),
+            line_ends: Vec::with_capacity(n),
+            skus: Vec::new(),
+            counts: Vec::new(),
+            keys: Vec::with_capacity(events),
+            reserved_payloads: Vec::with_capacity(events),
+            reserved_headers: Vec::with_capacity(events),
+            failed_payloads: Vec::with_capacity(events),
+            failed_headers: Vec::with_capacity(events),
+        };
+        for o in orders {
+            c.ids.push(o.order_id);
+            c.user_ids.push(o.order.user_id);
+            for line in &o.order.lines {
+                c.skus.push(line.sku);
+                c.counts.push(line.count);
+            }
+            c.line_ends
+                .push(i32::try_from(c.skus.len()).unwrap_or(i32::MAX));
+            c.keys.extend_from_slice(&o.reserved_rows.keys);
+            c.reserved_payloads
+                .extend_from_slice(&o.reserved_rows.payloads);
+            c.reserved_headers
+                .extend_from_slice(&o.reserved_rows.headers);
+            c.failed_payloads.extend_from_slice(&o.failed_rows.payloads);
+            c.failed_headers.extend_from_slice(&o.failed_rows.headers);
+        }
+        c
+    }
+
+    /// Each order's outcome, with the units left of its skus when they were read back (not
+    /// when the batch had been committed before: then nothing is).
+    fn decided(&self, reserved: Vec<bool>, available: Vec<Option<i64>>) -> Vec<Decided> {
+        let read_back = available.len() == self.skus.len();
         let mut first = 0;
-        Ok(orders
-            .iter()
-            .zip(reserved)
-            .zip(line_ends)
-            .map(|((_, reserved), end)| {
+        reserved
+            .into_iter()
+            .zip(&self.line_ends)
+            .map(|(reserved, &end)| {
                 let end = end as usize;
                 let available = read_back.then(|| {
-                    skus[first..end]
+                    self.skus[first..end]
                         .iter()
                         .zip(&available[first..end])
                         .filter_map(|(&sku, units)| units.map(|units| (sku, units)))
@@ -207,7 +242,7 @@ impl CreateBatches {
                     available,
                 }
             })
-            .collect())
+            .collect()
     }
 }
 

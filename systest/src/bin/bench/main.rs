@@ -256,56 +256,67 @@ struct Capacity {
     bare_at_service_rate: Yardstick,
 }
 
-impl Capacity {
-    async fn measure(secs: u64) -> Self {
-        let (create, info, batches, rss_loms, rss_notifier) = create_and_info(secs).await;
-        for (name, run, unit) in [
-            ("OrderCreate", &create, "orders/s"),
-            ("OrderInfo", &info, "/s"),
-        ] {
+/// Section 1's lines for OrderCreate and OrderInfo.
+fn print_service_runs(secs: u64, create: &Run, info: &Run, batches: &Buckets) {
+    for (name, run, unit) in [
+        ("OrderCreate", create, "orders/s"),
+        ("OrderInfo", info, "/s"),
+    ] {
+        println!(
+            "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
+            run.load.rate(),
+            run.load.p(0.5),
+            run.load.p(0.99)
+        );
+        print_cpu(&run.cpu);
+        if name == "OrderCreate" {
             println!(
-                "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
-                run.load.rate(),
-                run.load.p(0.5),
-                run.load.p(0.99)
-            );
-            print_cpu(&run.cpu);
-            if name == "OrderCreate" {
-                println!(
                     "     orders per call of create_orders: p50 {:.1}, p99 {:.1}, max <= {:.0} ({} calls)",
                     batches.quantile(0.5),
                     batches.quantile(0.99),
                     batches.max_at_most(),
                     batches.count()
                 );
-            }
-            println!(
+        }
+        println!(
                 "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
                 run.per_call_us("loms"),
                 run.per_call_us("postgres"),
                 run.per_call_us("load generator"),
                 run.cpu.per_op_us(run.load.rate())
             );
-        }
-        pgbench::init();
-        let simple_update = pgbench_run("simple-update", secs).await;
-        let select_only = pgbench_run("select-only", secs).await;
-        for (name, y) in [
-            ("simple-update", &simple_update),
-            ("select-only", &select_only),
-        ] {
-            println!(
-                "   pgbench {name}, {CLIENTS} clients, {secs} s: {:.0} tps",
-                y.rate
-            );
-            print_cpu(&y.cpu);
-            println!(
+    }
+}
+
+/// pgbench's simple-update and select-only on the same clients and time, printed.
+async fn pgbench_yardsticks(secs: u64) -> (Yardstick, Yardstick) {
+    pgbench::init();
+    let simple_update = pgbench_run("simple-update", secs).await;
+    let select_only = pgbench_run("select-only", secs).await;
+    for (name, y) in [
+        ("simple-update", &simple_update),
+        ("select-only", &select_only),
+    ] {
+        println!(
+            "   pgbench {name}, {CLIENTS} clients, {secs} s: {:.0} tps",
+            y.rate
+        );
+        print_cpu(&y.cpu);
+        println!(
                 "     CPU per transaction: postgres {:.0} us, pgbench {:.0} us; the machine's, all parts: {:.0} us",
                 y.pg_us(),
                 y.per_op_us("load generator"),
                 y.cpu.per_op_us(y.rate)
             );
-        }
+    }
+    (simple_update, select_only)
+}
+
+impl Capacity {
+    async fn measure(secs: u64) -> Self {
+        let (create, info, batches, rss_loms, rss_notifier) = create_and_info(secs).await;
+        print_service_runs(secs, &create, &info, &batches);
+        let (simple_update, select_only) = pgbench_yardsticks(secs).await;
         let service_rate = create.load.rate().round().max(1.0) as u64;
         let bare = bare_statement_run(secs, None).await;
         let bare_at_service_rate = bare_statement_run(secs, Some(service_rate)).await;

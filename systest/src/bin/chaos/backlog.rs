@@ -64,47 +64,18 @@ pub async fn backlog_drain(f: Fault) {
     tokio::time::sleep(f.secs(30, 120)).await;
     let starting = tokio::task::spawn_blocking(|| stack("kafka-start"));
     let (back, back_at) = (SystemTime::now(), Instant::now());
-    let mut peak_dead = 0;
-    // Rows only grow while the broker starts; the drain is timed from their first fall, with
-    // what was waiting then and what arrived until the outbox was empty.
-    let (mut most, mut draining) = (outbox(&pool).await, None);
-    let drained_in = loop {
-        let (rows, written) = outbox(&pool).await;
-        if rows < most.0 && draining.is_none() {
-            draining = Some((Instant::now(), most));
-        }
-        if rows >= most.0 {
-            most = (rows, written);
-        }
-        peak_dead = peak_dead.max(dead_rows(&pool).await);
-        if rows == 0 {
-            break draining.map_or(Duration::ZERO, |(at, _)| at.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let drain = Drain::watch(&pool, back_at).await;
     starting.await.expect("kafka-start");
-    let (backlog, written_then) = draining.map_or(most, |(_, at_fall)| at_fall);
-    let reconnect_secs = draining.map_or(0.0, |(at, _)| (at - back_at).as_secs_f64());
     let drained = SystemTime::now();
     let (_, written_drained) = outbox(&pool).await;
     f.end();
-    let events = backlog + (written_drained - written_then);
+    let (backlog, reconnect_secs, drained_in) =
+        (drain.backlog, drain.reconnect_secs, drain.drained_in);
+    let events = backlog + (written_drained - drain.written_then);
     let per_s = events as f64 / drained_in.as_secs_f64().max(1e-3);
     tokio::time::sleep(AFTER).await;
     let after = SystemTime::now();
-    let vacuumed = Instant::now();
-    let cleared_in = loop {
-        let dead = dead_rows(&pool).await;
-        peak_dead = peak_dead.max(dead);
-        if dead < backlog / 10 {
-            break Some(vacuumed.elapsed().as_secs_f64());
-        }
-        // How long autovacuum is given to clear the drained rows' dead tuples.
-        if vacuumed.elapsed() > f.secs(15, 120) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (cleared_in, peak_dead) = vacuum_clears(&f, &pool, backlog, drain.peak_dead).await;
     let (p_before, p_during, p_after) = (
         latency(&f, before, away),
         latency(&f, back, drained.max(back + Duration::from_secs(1))),
@@ -130,4 +101,70 @@ pub async fn backlog_drain(f: Fault) {
             "drain_at_least_20000_per_s": per_s >= DRAIN_GOAL_PER_S,
         }),
     );
+}
+
+/// The outbox's drain once the broker is back.
+struct Drain {
+    /// Rows waiting when they first fell, and rows written by then.
+    backlog: i64,
+    written_then: i64,
+    /// From their first fall to an empty outbox.
+    drained_in: Duration,
+    /// From the broker's start to their first fall.
+    reconnect_secs: f64,
+    peak_dead: i64,
+}
+
+impl Drain {
+    /// Rows only grow while the broker starts; the drain is timed from their first fall, with
+    /// what was waiting then and what arrived until the outbox was empty.
+    async fn watch(pool: &PgPool, back_at: Instant) -> Self {
+        let mut peak_dead = 0;
+        let (mut most, mut draining) = (outbox(pool).await, None);
+        let drained_in = loop {
+            let (rows, written) = outbox(pool).await;
+            if rows < most.0 && draining.is_none() {
+                draining = Some((Instant::now(), most));
+            }
+            if rows >= most.0 {
+                most = (rows, written);
+            }
+            peak_dead = peak_dead.max(dead_rows(pool).await);
+            if rows == 0 {
+                break draining.map_or(Duration::ZERO, |(at, _)| at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let (backlog, written_then) = draining.map_or(most, |(_, at_fall)| at_fall);
+        Self {
+            backlog,
+            written_then,
+            drained_in,
+            reconnect_secs: draining.map_or(0.0, |(at, _)| (at - back_at).as_secs_f64()),
+            peak_dead,
+        }
+    }
+}
+
+/// How long autovacuum takes to clear the drained rows' dead tuples (to a tenth of the
+/// backlog), if it does within its time; and the most dead rows seen.
+async fn vacuum_clears(
+    f: &Fault,
+    pool: &PgPool,
+    backlog: i64,
+    mut peak_dead: i64,
+) -> (Option<f64>, i64) {
+    let vacuumed = Instant::now();
+    let cleared_in = loop {
+        let dead = dead_rows(pool).await;
+        peak_dead = peak_dead.max(dead);
+        if dead < backlog / 10 {
+            break Some(vacuumed.elapsed().as_secs_f64());
+        }
+        if vacuumed.elapsed() > f.secs(15, 120) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    (cleared_in, peak_dead)
 }

@@ -4,7 +4,6 @@
 //! stays flat, and the server closes every idle connection within its idle timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -70,28 +69,7 @@ pub async fn connection_flood(f: Fault) {
     tokio::time::sleep(crate::scenarios::WARM_UP).await;
     // The flood's own sockets need descriptors on this side too.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let (grpc, http, admin, pid) = {
-        let mut run = f.run.lock().await;
-        let loms = &mut run.loms[0];
-        let options = loms
-            .options()
-            .clone()
-            .open_files(OPEN_FILES)
-            .env(
-                "LOMS_CONNECTIONS__IDLE_TIMEOUT_MS",
-                &IDLE_TIMEOUT_MS.to_string(),
-            )
-            .env("LOMS_REQUEST_TIMEOUT_MS", "4000")
-            .env("LOMS_DATABASE__STATEMENT_TIMEOUT_MS", "3000");
-        loms.process.terminate().await;
-        *loms = options.start().await;
-        (
-            loms.grpc.clone(),
-            loms.http.clone(),
-            loms.admin.clone(),
-            loms.process.pid(),
-        )
-    };
+    let (grpc, http, admin, pid) = restart_under_limit(&f).await;
     let cpu = || systest::cpu_times(pid).map_or(0.0, |(own, _)| own);
     // loms's CPU under the ordinary workload alone, to compare the flood's with.
     let (cpu_before, started) = (cpu(), Instant::now());
@@ -111,7 +89,48 @@ pub async fn connection_flood(f: Fault) {
             tokio::spawn(silent(address, hold + patience))
         })
         .collect();
-    let probes = Arc::new(Probes::default());
+    let probes = probe_until(&http, &admin, started, hold).await;
+    let cores = (cpu() - cpu_before) / started.elapsed().as_secs_f64();
+    let mut closed = Vec::new();
+    for connection in flood {
+        if let Some(took) = connection.await.expect("a flood connection") {
+            closed.push(took);
+        }
+    }
+    f.end();
+    report(&f, &closed, &probes);
+    f.note("loms_cpu_cores_before_flood", json!(cores_before));
+    f.note("loms_cpu_cores_during_flood", json!(cores));
+}
+
+/// loms restarted with few descriptors and a short idle timeout: its API and admin addresses
+/// and its pid.
+async fn restart_under_limit(f: &Fault) -> (String, String, String, u32) {
+    let mut run = f.run.lock().await;
+    let loms = &mut run.loms[0];
+    let options = loms
+        .options()
+        .clone()
+        .open_files(OPEN_FILES)
+        .env(
+            "LOMS_CONNECTIONS__IDLE_TIMEOUT_MS",
+            &IDLE_TIMEOUT_MS.to_string(),
+        )
+        .env("LOMS_REQUEST_TIMEOUT_MS", "4000")
+        .env("LOMS_DATABASE__STATEMENT_TIMEOUT_MS", "3000");
+    loms.process.terminate().await;
+    *loms = options.start().await;
+    (
+        loms.grpc.clone(),
+        loms.http.clone(),
+        loms.admin.clone(),
+        loms.process.pid(),
+    )
+}
+
+/// Probes the API and the admin listener, each on fresh connections, until `hold` passed.
+async fn probe_until(http: &str, admin: &str, started: Instant, hold: Duration) -> Probes {
+    let probes = Probes::default();
     // A fresh connection per request: a flood takes what new clients would.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -130,14 +149,11 @@ pub async fn connection_flood(f: Fault) {
         );
         tokio::time::sleep(PROBE_EVERY).await;
     }
-    let cores = (cpu() - cpu_before) / started.elapsed().as_secs_f64();
-    let mut closed = Vec::new();
-    for connection in flood {
-        if let Some(took) = connection.await.expect("a flood connection") {
-            closed.push(took);
-        }
-    }
-    f.end();
+    probes
+}
+
+/// What the flood broke, and its figures, in the scenario's notes.
+fn report(f: &Fault, closed: &[Duration], probes: &Probes) {
     let longest = closed.iter().max().copied().unwrap_or_default();
     let read = |c: &AtomicUsize| c.load(Ordering::Relaxed);
     let mut broken = Vec::new();
@@ -166,7 +182,5 @@ pub async fn connection_flood(f: Fault) {
     f.note("probes_hung", json!(read(&probes.hung)));
     f.note("admin_answered", json!(read(&probes.admin_answered)));
     f.note("admin_failed", json!(read(&probes.admin_failed)));
-    f.note("loms_cpu_cores_before_flood", json!(cores_before));
-    f.note("loms_cpu_cores_during_flood", json!(cores));
     f.note("broken", json!(broken));
 }

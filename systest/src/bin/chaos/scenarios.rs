@@ -387,23 +387,7 @@ async fn pg_failover(f: Fault) {
         || std::future::ready(ok_since_move()),
     )
     .await;
-    // A leader that has not noticed yet still says it leads: count events published instead.
-    let mut published_at_move = 0;
-    for a in &admin {
-        published_at_move += published(a).await;
-    }
-    testkit::eventually(
-        "a relay publishes from the new primary",
-        Duration::from_secs(120),
-        || async {
-            let mut now = 0;
-            for a in &admin {
-                now += published(a).await;
-            }
-            now > published_at_move
-        },
-    )
-    .await;
+    publishes_again(&admin).await;
     let since_kill = |t: SystemTime| t.duration_since(killed).unwrap_or_default().as_secs_f64();
     f.note(
         "relay_publishes_again_after_secs",
@@ -414,6 +398,25 @@ async fn pg_failover(f: Fault) {
         json!(longest_gap(&f.tally, killed)),
     );
     f.end();
+}
+
+/// Waits until the relays together publish more than they had: a leader that has not noticed
+/// the failover yet still says it leads, so events published are counted instead.
+async fn publishes_again(admin: &[String]) {
+    let total = || async {
+        let mut sum = 0;
+        for a in admin {
+            sum += published(a).await;
+        }
+        sum
+    };
+    let before = total().await;
+    testkit::eventually(
+        "a relay publishes from the new primary",
+        Duration::from_secs(120),
+        || async { total().await > before },
+    )
+    .await;
 }
 
 /// The longest time from `since` without a successful OrderCreate, in seconds.
