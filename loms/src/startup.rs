@@ -31,9 +31,7 @@ impl Application {
     /// Migrates the database (unless told not to), connects, and binds both listeners (port 0
     /// picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings
-            .validate()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        service_runtime::config::check(&settings)?;
         // The relay's producer is built from the settings before anything else, so that a
         // setting librdkafka refuses fails the start with its reason, not a relay loop.
         if settings.relay.enabled {

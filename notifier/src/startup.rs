@@ -25,9 +25,7 @@ impl Application {
     /// librdkafka refuses fails here, with its reason) and binds the admin listener when one is
     /// configured (port 0 picks a free one; an address that cannot be bound fails the start).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings
-            .validate()
-            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        service_runtime::config::check(&settings)?;
         let admin = match &settings.admin_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)

@@ -85,3 +85,10 @@ pub fn verdict(problems: Vec<String>) -> Result<(), String> {
         Err(problems.join("; "))
     }
 }
+
+/// `settings` checked again, for those built in code rather than loaded (tests, tools).
+pub fn check<T: Layered>(settings: &T) -> Result<(), ConfigError> {
+    settings
+        .validate()
+        .map_err(|e| ConfigError::Message(format!("configuration: {e}")))
+}

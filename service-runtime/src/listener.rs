@@ -17,6 +17,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::metrics::register;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -54,30 +56,15 @@ pub struct ListenerMetrics {
 impl ListenerMetrics {
     /// Registers the figures as `{prefix}_connections_open`, `..._refused`, `..._idle_closed`
     /// and `{prefix}_accept_errors`.
-    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
-        let metrics = Self::default();
+    #[rustfmt::skip]
+    pub fn register(r: &mut Registry, prefix: &str) -> Self {
         let name = |suffix: &str| format!("{prefix}_{suffix}");
-        registry.register(
-            name("connections_open"),
-            "Connections open now, by listener.",
-            metrics.open.clone(),
-        );
-        registry.register(
-            name("connections_refused"),
-            "Connections closed at once because the listener had as many open as it allows.",
-            metrics.refused.clone(),
-        );
-        registry.register(
-            name("connections_idle_closed"),
-            "Connections closed because nothing arrived from the client for the idle timeout.",
-            metrics.idle_closed.clone(),
-        );
-        registry.register(
-            name("accept_errors"),
-            "Failed accepts (out of file descriptors and kin), each followed by a pause.",
-            metrics.accept_errors.clone(),
-        );
-        metrics
+        Self {
+            open: register(r, &name("connections_open"), "Connections open now, by listener."),
+            refused: register(r, &name("connections_refused"), "Connections closed at once because the listener had as many open as it allows."),
+            idle_closed: register(r, &name("connections_idle_closed"), "Connections closed because nothing arrived from the client for the idle timeout."),
+            accept_errors: register(r, &name("accept_errors"), "Failed accepts (out of file descriptors and kin), each followed by a pause."),
+        }
     }
 }
 

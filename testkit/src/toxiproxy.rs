@@ -52,37 +52,34 @@ impl Toxiproxy {
     /// A proxy `name` listening on `listen` (host:port; any loopback address, such as
     /// 127.0.0.2, reaches a server on 127.0.0.1 under another name) to `upstream`.
     pub async fn proxy_at(&self, name: &str, listen: &str, upstream: &str) -> String {
-        let listen = listen.to_string();
-        let reply = self
-            .http
-            .post(format!("http://{}/proxies", self.api))
-            .json(&json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true }))
-            .send()
-            .await
-            .expect("create a proxy");
-        assert!(
-            reply.status().is_success(),
-            "creating proxy {name}: {}",
-            reply.status()
-        );
-        listen
+        let body = json!({ "name": name, "listen": listen, "upstream": upstream, "enabled": true });
+        self.post("/proxies", body, &format!("creating proxy {name}"))
+            .await;
+        listen.to_string()
     }
 
     /// Points proxy `name` at another `upstream`, as a virtual IP or a pooler moves to a new
     /// primary: Toxiproxy closes the connections it carried, and new ones reach `upstream`.
     pub async fn move_upstream(&self, name: &str, upstream: &str) {
+        let body = json!({ "upstream": upstream });
+        self.post(
+            &format!("/proxies/{name}"),
+            body,
+            &format!("moving proxy {name}"),
+        )
+        .await;
+    }
+
+    /// POSTs `body` to the API's `path`, which must succeed.
+    async fn post(&self, path: &str, body: serde_json::Value, what: &str) {
         let reply = self
             .http
-            .post(format!("http://{}/proxies/{name}", self.api))
-            .json(&json!({ "upstream": upstream }))
+            .post(format!("http://{}{path}", self.api))
+            .json(&body)
             .send()
             .await
-            .expect("update a proxy");
-        assert!(
-            reply.status().is_success(),
-            "moving proxy {name}: {}",
-            reply.status()
-        );
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(reply.status().is_success(), "{what}: {}", reply.status());
     }
 }
 
