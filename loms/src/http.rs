@@ -183,14 +183,12 @@ fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
         .map_err(|e| invalid(format!("invalid query string: {e}")))
 }
 
-/// The W3C trace context headers the gateway passes on to the service.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
-
 /// A service request for `message`, carrying the caller's trace context from its HTTP headers
 /// as gRPC metadata, as a gRPC caller would send it.
 fn service_request<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut carried = HeaderMap::new();
-    for name in TRACE_HEADERS {
+    // The W3C trace context headers, passed on to the service.
+    for name in service_runtime::telemetry::HEADERS {
         if let Some(value) = headers.get(name) {
             carried.insert(name, value.clone());
         }

@@ -10,6 +10,7 @@ use api::loms::{
     OrderInfoRequest, OrderInfoResponse, OrderPayRequest, OrderPayResponse, StocksInfoRequest,
     StocksInfoResponse,
 };
+use service_runtime::telemetry::Carrier;
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -43,25 +44,6 @@ pub fn status_of(e: Error) -> Status {
             tracing::error!(error = format!("{source:#}"), "internal error");
             Status::internal("internal error")
         }
-    }
-}
-
-/// The gRPC metadata as a carrier of the W3C trace context.
-struct Metadata<'a>(&'a MetadataMap);
-
-impl opentelemetry::propagation::Extractor for Metadata<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|k| match k {
-                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
     }
 }
 
@@ -119,7 +101,8 @@ impl LomsService {
             outcome = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        service_runtime::telemetry::continue_trace(&span, &Metadata(metadata));
+        let carrier = Carrier::from_lookup(|k| metadata.get(k).and_then(|v| v.to_str().ok()));
+        service_runtime::telemetry::continue_trace(&span, &carrier);
         let trace_id = service_runtime::telemetry::trace_id(&span);
         span.record("trace_id", trace_id.as_str());
         let started = Instant::now();

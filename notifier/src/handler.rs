@@ -3,7 +3,6 @@
 //! at WARN, as out of order), or, when it does not decode, logged at ERROR and handed to the
 //! dead-letter writer.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use events_proto::OrderEvent;
@@ -11,28 +10,20 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
-use service_runtime::telemetry::Messaging;
+use service_runtime::telemetry::{Carrier, Messaging};
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
 use crate::dedup::{RecentIds, Seen};
 use crate::metrics::Metrics;
 
-/// The W3C trace context headers of a message.
-fn trace_context(message: &BorrowedMessage<'_>) -> HashMap<String, String> {
-    let Some(headers) = message.headers() else {
-        return HashMap::new();
-    };
-    headers
-        .iter()
-        .filter(|h| h.key == "traceparent" || h.key == "tracestate")
-        .filter_map(|h| {
-            Some((
-                h.key.to_string(),
-                std::str::from_utf8(h.value?).ok()?.to_string(),
-            ))
-        })
-        .collect()
+/// The trace context a message's headers carry.
+fn carrier<'m>(message: &'m BorrowedMessage<'_>) -> Carrier<'m> {
+    let headers = message.headers();
+    Carrier::from_lookup(|name| {
+        let header = headers?.iter().find(|h| h.key == name)?;
+        std::str::from_utf8(header.value?).ok()
+    })
 }
 
 /// Bytes of an undecodable payload shown in its log line.
@@ -91,7 +82,7 @@ impl Handler {
                     KeyValue::new("messaging.kafka.message.offset", message.offset()),
                 ],
             },
-            &trace_context(message),
+            &carrier(message),
         );
         let trace_id = service_runtime::telemetry::context_trace_id(&span);
         let payload = message.payload().unwrap_or_default();

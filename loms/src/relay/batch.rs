@@ -1,8 +1,9 @@
 //! A batch of outbox rows handed to the producer, and its acknowledgements.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::{Context as TraceContext, KeyValue};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -13,7 +14,7 @@ use super::failure::{permanent, Failure};
 use super::ProducerStats;
 use crate::metrics::Metrics;
 use crate::outbox::store::Row;
-use service_runtime::telemetry::Messaging;
+use service_runtime::telemetry::{Carrier, Messaging};
 
 /// How long an unfinished batch may still take once shutdown was asked for.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -57,11 +58,11 @@ impl Batch {
         let mut spans = Vec::with_capacity(rows.len());
         let mut enqueue_error = None;
         for row in &rows {
-            let span = publish_span(row);
+            let (span, trace) = publish_span(row);
             let record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.payload)
-                .headers(headers(row, &span));
+                .headers(headers(row, &trace));
             match producer.send_result(record) {
                 Ok(delivery) => {
                     deliveries.push(delivery);
@@ -168,15 +169,15 @@ fn acknowledged(span: &TraceContext, delivery: rdkafka::producer::future_produce
     span.end();
 }
 
-/// The span of one event's publication, in its context: a child of the request that wrote the
-/// event (whose context the outbox row keeps), with OpenTelemetry's messaging attributes. Made
-/// with the OpenTelemetry API directly, not through `tracing`: one per event on the relay's
-/// hot path, it must cost next to nothing when spans are not exported.
-fn publish_span(row: &Row) -> TraceContext {
-    service_runtime::telemetry::message_span(
+/// The span of one event's publication, in its context, and the W3C headers that carry it on:
+/// a child of the request that wrote the event (whose context the outbox row keeps), with
+/// OpenTelemetry's messaging attributes. Made with the OpenTelemetry API directly, not through
+/// `tracing`: one per event on the relay's hot path, it must cost next to nothing when spans
+/// are not exported.
+fn publish_span(row: &Row) -> (TraceContext, HashMap<String, String>) {
+    let stored = Carrier::from_lookup(|k| row.headers.get(k).and_then(serde_json::Value::as_str));
+    service_runtime::telemetry::publish_span(
         "loms",
-        "publish",
-        SpanKind::Producer,
         Messaging {
             operation: "publish",
             topic: row.topic.clone(),
@@ -185,30 +186,13 @@ fn publish_span(row: &Row) -> TraceContext {
                 KeyValue::new("outbox.id", row.id),
             ],
         },
-        &StoredHeaders(&row.headers),
+        &stored,
     )
 }
 
-/// An outbox row's headers as a carrier of the trace context it was written in.
-struct StoredHeaders<'a>(&'a serde_json::Value);
-
-impl opentelemetry::propagation::Extractor for StoredHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(serde_json::Value::as_str)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .as_object()
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// The Kafka headers of a row: those stored with it, the trace context being that of its
-/// publish span. Rows written before trace context was stored start a trace of their own.
-fn headers(row: &Row, span: &TraceContext) -> OwnedHeaders {
-    let trace = service_runtime::telemetry::context_headers(span);
+/// The Kafka headers of a row: those stored with it, the trace context (`trace`) being that of
+/// its publish span. Rows written before trace context was stored start a trace of their own.
+fn headers(row: &Row, trace: &HashMap<String, String>) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     if let Some(map) = row.headers.as_object() {
         for (key, value) in map {
@@ -221,7 +205,7 @@ fn headers(row: &Row, span: &TraceContext) -> OwnedHeaders {
             });
         }
     }
-    for (key, value) in &trace {
+    for (key, value) in trace {
         headers = headers.insert(Header {
             key,
             value: Some(value),
