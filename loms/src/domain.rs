@@ -1,13 +1,56 @@
-//! The rules of an order, in one place: its status (text form, parsing, database mapping), the
-//! transitions between statuses with what each does to the stock, and the validation every
-//! request passes, gRPC and HTTP alike, before any storage is touched.
+//! The rules of an order, in one place: its status (text form, parsing), the transitions
+//! between statuses with what each does to the stock, and the values every request is parsed
+//! into, gRPC and HTTP alike, before any storage is touched: ids that are positive and a new
+//! order that is valid, by construction. The domain knows no database and no transport.
 
 use std::collections::BTreeMap;
 
-use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
-use sqlx::{Decode, Encode, Postgres, Type};
+/// A value of a request that is not valid; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
 
-use crate::error::Error;
+/// Ids of the contract: positive 64-bit integers, parsed once at the edge.
+macro_rules! positive_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(i64);
+
+        impl $name {
+            /// `value` if it is greater than 0; else why not, naming `field`.
+            pub fn parse(field: &str, value: i64) -> Result<Self, Invalid> {
+                if value > 0 {
+                    Ok(Self(value))
+                } else {
+                    Err(Invalid(format!("{field} must be greater than 0, got {value}")))
+                }
+            }
+
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+positive_id!(
+    /// An order's id.
+    OrderId
+);
+positive_id!(
+    /// A user's id.
+    UserId
+);
+positive_id!(
+    /// A stock keeping unit.
+    Sku
+);
 
 /// The status of an order. Its text form is the contract's, in the API, the events and the
 /// database (where the migration's CHECK lists the same five).
@@ -87,33 +130,6 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// Stored as its text form.
-impl Type<Postgres> for Status {
-    fn type_info() -> PgTypeInfo {
-        <&str as Type<Postgres>>::type_info()
-    }
-
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <&str as Type<Postgres>>::compatible(ty)
-    }
-}
-
-impl Encode<'_, Postgres> for Status {
-    fn encode_by_ref(
-        &self,
-        buf: &mut PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
-    }
-}
-
-impl Decode<'_, Postgres> for Status {
-    fn decode(value: PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
-        let text = <&str as Decode<Postgres>>::decode(value)?;
-        Self::parse(text).ok_or_else(|| format!("unknown order status {text:?}").into())
-    }
-}
-
 /// A change a client asks of an existing order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -160,23 +176,6 @@ pub struct Line {
     pub count: i64,
 }
 
-/// A validated OrderCreate: lines sorted by sku, one per sku.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOrder {
-    pub user_id: i64,
-    pub lines: Vec<Line>,
-}
-
-pub fn positive_id(field: &str, value: i64) -> Result<i64, Error> {
-    if value > 0 {
-        Ok(value)
-    } else {
-        Err(Error::invalid(format!(
-            "{field} must be greater than 0, got {value}"
-        )))
-    }
-}
-
 /// An OrderCreate as a client asked for it, in the domain's terms (converted at the edge).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRequest {
@@ -185,42 +184,60 @@ pub struct OrderRequest {
     pub items: Vec<(i64, u32)>,
 }
 
-/// Validates `request`: ids and counts > 0, at least one line and at most `max_lines`.
-pub fn new_order(request: &OrderRequest, max_lines: usize) -> Result<NewOrder, Error> {
-    let user_id = positive_id("user_id", request.user_id)?;
-    if request.items.is_empty() {
-        return Err(Error::invalid("items must not be empty"));
-    }
-    if request.items.len() > max_lines {
-        return Err(Error::invalid(format!(
-            "items: at most {max_lines} lines per order, got {}",
-            request.items.len()
-        )));
-    }
-    let mut by_sku: BTreeMap<i64, i64> = BTreeMap::new();
-    for (i, &(sku, count)) in request.items.iter().enumerate() {
-        positive_id(&format!("items[{i}].sku"), sku)?;
-        if count == 0 {
-            return Err(Error::invalid(format!(
-                "items[{i}].count must be greater than 0, got 0"
+/// A valid OrderCreate, built only by [`NewOrder::parse`]: a positive user id, and at least one
+/// line, lines sorted by sku, one per sku, each count positive and within the API's uint32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    user_id: UserId,
+    lines: Vec<Line>,
+}
+
+impl NewOrder {
+    /// Parses `request`: ids and counts > 0, at least one line and at most `max_lines`.
+    pub fn parse(request: &OrderRequest, max_lines: usize) -> Result<Self, Invalid> {
+        let user_id = UserId::parse("user_id", request.user_id)?;
+        if request.items.is_empty() {
+            return Err(Invalid("items must not be empty".into()));
+        }
+        if request.items.len() > max_lines {
+            return Err(Invalid(format!(
+                "items: at most {max_lines} lines per order, got {}",
+                request.items.len()
             )));
         }
-        *by_sku.entry(sku).or_default() += i64::from(count);
+        let mut by_sku: BTreeMap<i64, i64> = BTreeMap::new();
+        for (i, &(sku, count)) in request.items.iter().enumerate() {
+            let sku = Sku::parse(&format!("items[{i}].sku"), sku)?;
+            if count == 0 {
+                return Err(Invalid(format!(
+                    "items[{i}].count must be greater than 0, got 0"
+                )));
+            }
+            *by_sku.entry(sku.get()).or_default() += i64::from(count);
+        }
+        // The summed count of a sku must still fit the API's uint32 count.
+        if let Some((sku, count)) = by_sku.iter().find(|(_, c)| **c > i64::from(u32::MAX)) {
+            return Err(Invalid(format!(
+                "items: total count {count} of sku {sku} exceeds {}",
+                u32::MAX
+            )));
+        }
+        Ok(Self {
+            user_id,
+            lines: by_sku
+                .into_iter()
+                .map(|(sku, count)| Line { sku, count })
+                .collect(),
+        })
     }
-    // The summed count of a sku must still fit the API's uint32 count.
-    if let Some((sku, count)) = by_sku.iter().find(|(_, c)| **c > i64::from(u32::MAX)) {
-        return Err(Error::invalid(format!(
-            "items: total count {count} of sku {sku} exceeds {}",
-            u32::MAX
-        )));
+
+    pub fn user_id(&self) -> UserId {
+        self.user_id
     }
-    Ok(NewOrder {
-        user_id,
-        lines: by_sku
-            .into_iter()
-            .map(|(sku, count)| Line { sku, count })
-            .collect(),
-    })
+
+    pub fn lines(&self) -> &[Line] {
+        &self.lines
+    }
 }
 
 #[cfg(test)]
@@ -236,14 +253,14 @@ mod tests {
         }
     }
 
-    fn new_order(request: &OrderRequest) -> Result<NewOrder, Error> {
-        super::new_order(request, MAX_LINES)
+    fn new_order(request: &OrderRequest) -> Result<NewOrder, Invalid> {
+        NewOrder::parse(request, MAX_LINES)
     }
 
-    fn message(r: Result<NewOrder, Error>) -> String {
+    fn message(r: Result<NewOrder, Invalid>) -> String {
         match r {
-            Err(Error::Invalid(m)) => m,
-            other => panic!("expected InvalidArgument, got {other:?}"),
+            Err(Invalid(m)) => m,
+            other => panic!("expected Invalid, got {other:?}"),
         }
     }
 
@@ -276,6 +293,19 @@ mod tests {
                 .lines
                 .len(),
             MAX_LINES
+        );
+    }
+
+    #[test]
+    fn ids_are_positive_and_their_refusal_names_the_field() {
+        assert_eq!(OrderId::parse("order_id", 7).map(OrderId::get), Ok(7));
+        assert_eq!(
+            OrderId::parse("order_id", 0),
+            Err(Invalid("order_id must be greater than 0, got 0".into()))
+        );
+        assert_eq!(
+            Sku::parse("sku", -3),
+            Err(Invalid("sku must be greater than 0, got -3".into()))
         );
     }
 

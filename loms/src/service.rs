@@ -16,7 +16,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::domain::{self, positive_id, Action};
+use crate::domain::{self, Action, NewOrder, OrderId, Sku};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -147,7 +147,7 @@ impl api::Loms for LomsService {
         request: Request<OrderCreateRequest>,
     ) -> Result<Response<OrderCreateResponse>, Status> {
         self.observe("OrderCreate", request.metadata(), None, async {
-            let order = domain::new_order(
+            let order = NewOrder::parse(
                 &order_request(request.get_ref()),
                 self.limits.max_order_lines,
             )?;
@@ -167,7 +167,7 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderInfoResponse>, Status> {
         let order_id = request.get_ref().order_id;
         self.observe("OrderInfo", request.metadata(), Some(order_id), async {
-            let order_id = positive_id("order_id", request.get_ref().order_id)?;
+            let order_id = OrderId::parse("order_id", request.get_ref().order_id)?;
             let order = self.storage.order(order_id).await?;
             Ok(OrderInfoResponse {
                 status: order.status.as_str().into(),
@@ -191,7 +191,7 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderPayResponse>, Status> {
         let order_id = request.get_ref().order_id;
         self.observe("OrderPay", request.metadata(), Some(order_id), async {
-            let order_id = positive_id("order_id", request.get_ref().order_id)?;
+            let order_id = OrderId::parse("order_id", request.get_ref().order_id)?;
             self.storage
                 .apply(order_id, Action::Pay, &[(RPC, "OrderPay")])
                 .await?;
@@ -206,7 +206,7 @@ impl api::Loms for LomsService {
     ) -> Result<Response<OrderCancelResponse>, Status> {
         let order_id = request.get_ref().order_id;
         self.observe("OrderCancel", request.metadata(), Some(order_id), async {
-            let order_id = positive_id("order_id", request.get_ref().order_id)?;
+            let order_id = OrderId::parse("order_id", request.get_ref().order_id)?;
             self.storage
                 .apply(order_id, Action::Cancel, &[(RPC, "OrderCancel")])
                 .await?;
@@ -220,7 +220,7 @@ impl api::Loms for LomsService {
         request: Request<StocksInfoRequest>,
     ) -> Result<Response<StocksInfoResponse>, Status> {
         self.observe("StocksInfo", request.metadata(), None, async {
-            let sku = positive_id("sku", request.get_ref().sku)?;
+            let sku = Sku::parse("sku", request.get_ref().sku)?;
             Ok(StocksInfoResponse {
                 count: self.storage.available(sku).await?,
             })

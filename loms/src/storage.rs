@@ -10,8 +10,9 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{oneshot, Notify};
 
 use crate::batcher::{Batcher, Shape};
-use crate::domain::{Action, Line, NewOrder, Status, StockEffect, Transition};
-use crate::error::{DbFailure, Error};
+use crate::database::failure::DbFailure;
+use crate::domain::{Action, Line, NewOrder, OrderId, Sku, Status, StockEffect, Transition};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::outbox::{Change, Facts, Outbox, Rows};
 
@@ -78,7 +79,7 @@ fn next_step(failure: DbFailure, runs: u32, orders: usize) -> Next {
         DbFailure::Lost if runs <= LOST_RETRIES => Next::Retry,
         DbFailure::Conflict if runs <= CONFLICT_RETRIES => Next::Retry,
         // The database itself is away: splitting would only fail more often.
-        DbFailure::Lost | DbFailure::Unreachable => Next::Answer,
+        DbFailure::Lost | DbFailure::Unreachable | DbFailure::Refused => Next::Answer,
         DbFailure::Conflict | DbFailure::Timeout | DbFailure::Other if orders > 1 => Next::Split,
         DbFailure::Conflict | DbFailure::Timeout | DbFailure::Other => Next::Answer,
     }
@@ -201,8 +202,8 @@ impl Columns {
         };
         for o in orders {
             c.ids.push(o.order_id);
-            c.user_ids.push(o.order.user_id);
-            for line in &o.order.lines {
+            c.user_ids.push(o.order.user_id().get());
+            for line in o.order.lines() {
                 c.skus.push(line.sku);
                 c.counts.push(line.count);
             }
@@ -343,11 +344,11 @@ impl Storage {
         let (reserved_status, failed_status) = (Status::created(true), Status::created(false));
         let change = |status, previous, sequence, reason| Change {
             order_id,
-            user_id: order.user_id,
+            user_id: order.user_id().get(),
             status,
             previous,
             sequence,
-            lines: &order.lines,
+            lines: order.lines(),
             facts,
             reason,
         };
@@ -364,7 +365,7 @@ impl Storage {
         let reserved_rows = outcome(reserved_status, None)?;
         // The event is built before the batch decides, so it names what could not be reserved
         // as a whole; the reply names the sku short and the counts, read back.
-        let failed_rows = outcome(failed_status, Some(unreservable(&order.lines)))?;
+        let failed_rows = outcome(failed_status, Some(unreservable(order.lines())))?;
         let (reply, decided) = oneshot::channel();
         let pending = PendingOrder {
             order_id,
@@ -381,7 +382,7 @@ impl Storage {
         }
         let shortage = decided
             .available
-            .and_then(|available| shortage(&order.lines, &available))
+            .and_then(|available| shortage(order.lines(), &available))
             .unwrap_or_else(|| {
                 // The database is the judge; this only explains its verdict.
                 tracing::warn!(
@@ -399,7 +400,8 @@ impl Storage {
     }
 
     /// The order with its lines: one row, by its primary key.
-    pub async fn order(&self, order_id: i64) -> Result<OrderView, Error> {
+    pub async fn order(&self, order_id: OrderId) -> Result<OrderView, Error> {
+        let order_id = order_id.get();
         let row: Option<(i64, Status, Vec<i64>, Vec<i64>)> =
             sqlx::query_as("SELECT user_id, status, skus, counts FROM orders WHERE id = $1")
                 .bind(order_id)
@@ -416,10 +418,11 @@ impl Storage {
     /// Pays or cancels an order as its status allows; `Ok(false)` when it was already done.
     pub async fn apply(
         &self,
-        order_id: i64,
+        order_id: OrderId,
         action: Action,
         facts: Facts<'_>,
     ) -> Result<bool, Error> {
+        let order_id = order_id.get();
         let mut tx = self.pool.begin().await?;
         let order = lock_order(&mut tx, order_id).await?;
         let (status, effect) = match order.status.apply(action) {
@@ -474,7 +477,8 @@ impl Storage {
     }
 
     /// Units of `sku` that can still be bought.
-    pub async fn available(&self, sku: i64) -> Result<u32, Error> {
+    pub async fn available(&self, sku: Sku) -> Result<u32, Error> {
+        let sku = sku.get();
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT GREATEST(total_count - reserved, 0) FROM stocks WHERE sku = $1")
                 .bind(sku)

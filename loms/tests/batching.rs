@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use events_proto::OrderEvent;
 use loms::batcher::Shape;
-use loms::domain::{Line, NewOrder};
+use loms::domain::{NewOrder, OrderRequest};
 use loms::error::Error;
 use loms::metrics::Metrics;
 use loms::storage::Storage;
@@ -39,14 +39,12 @@ async fn setup() -> (PgPool, Storage, Metrics) {
     (pool, storage, metrics)
 }
 
-fn order(user_id: i64, lines: &[(i64, i64)]) -> NewOrder {
-    NewOrder {
+fn order(user_id: i64, lines: &[(i64, u32)]) -> NewOrder {
+    let request = OrderRequest {
         user_id,
-        lines: lines
-            .iter()
-            .map(|&(sku, count)| Line { sku, count })
-            .collect(),
-    }
+        items: lines.to_vec(),
+    };
+    NewOrder::parse(&request, lines.len()).expect("a valid order")
 }
 
 fn create(storage: &Storage, order: NewOrder) -> JoinHandle<Result<i64, Error>> {

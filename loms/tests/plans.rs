@@ -3,7 +3,7 @@
 //! settings the service uses.
 
 use loms::batcher::Shape;
-use loms::domain::{Action, Line, NewOrder};
+use loms::domain::{Action, NewOrder, OrderId, OrderRequest, Sku};
 use loms::metrics::Metrics;
 use loms::storage::Storage;
 use testkit::app::settings;
@@ -40,22 +40,18 @@ async fn every_statement_is_planned_once_per_session() {
     let storage = Storage::new(pool.clone(), outbox, shape, Metrics::default());
     let facts = &[("rpc", "test")];
     for i in 0..CALLS {
-        let order = NewOrder {
+        let request = OrderRequest {
             user_id: i + 1,
-            lines: vec![
-                Line {
-                    sku: SKU_A,
-                    count: 1,
-                },
-                Line {
-                    sku: SKU_B,
-                    count: 1 + i,
-                },
-            ],
+            items: vec![(SKU_A, 1), (SKU_B, 1 + i as u32)],
         };
+        let order = NewOrder::parse(&request, 2).unwrap();
         let id = storage.create_order(order, facts).await.unwrap();
+        let id = OrderId::parse("order_id", id).unwrap();
         storage.order(id).await.unwrap();
-        storage.available(SKU_A).await.unwrap();
+        storage
+            .available(Sku::parse("sku", SKU_A).unwrap())
+            .await
+            .unwrap();
         let action = if i % 2 == 0 {
             Action::Pay
         } else {

@@ -8,19 +8,23 @@ use prost::Message;
 /// it: the Protobuf JSON mapping (pbjson), then one validation for both transports.
 pub fn gateway(data: &[u8]) {
     use api::loms::{OrderCreateRequest, OrderPayRequest};
+    use loms::domain::{NewOrder, OrderId};
     if let Ok(request) = serde_json::from_slice::<OrderCreateRequest>(data) {
-        let order = loms::domain::new_order(&loms::service::order_request(&request), 1_000);
+        let order = NewOrder::parse(&loms::service::order_request(&request), 1_000);
         if let Ok(order) = order {
-            // Validated: sorted, one line per sku, positive counts that fit the API's uint32.
-            assert!(order.lines.windows(2).all(|w| w[0].sku < w[1].sku));
+            // Valid: a positive user, sorted, one line per sku, positive counts that fit the
+            // API's uint32.
+            assert!(order.user_id().get() > 0);
+            assert!(order.lines().windows(2).all(|w| w[0].sku < w[1].sku));
             assert!(order
-                .lines
+                .lines()
                 .iter()
                 .all(|l| l.sku > 0 && l.count > 0 && l.count <= i64::from(u32::MAX)));
         }
     }
     if let Ok(request) = serde_json::from_slice::<OrderPayRequest>(data) {
-        let _ = loms::domain::positive_id("order_id", request.order_id);
+        let parsed = OrderId::parse("order_id", request.order_id);
+        assert_eq!(parsed.is_ok(), request.order_id > 0);
     }
 }
 

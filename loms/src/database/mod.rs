@@ -1,4 +1,8 @@
-//! The database: how loms connects (session settings, TLS, patience at start) and migrates.
+//! The database: how loms connects (session settings, TLS, patience at start) and migrates,
+//! how the domain's values are stored (`codec`), and what its errors mean (`failure`).
+
+mod codec;
+pub mod failure;
 
 use std::time::Duration;
 
@@ -8,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Connection;
 
 use crate::config::DatabaseSettings;
+use failure::DbFailure;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
@@ -108,14 +113,9 @@ where
 }
 
 fn retryable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => false,
-        // 28000 invalid authorization, 28P01 wrong password, 3D000 no such database.
-        sqlx::Error::Database(e) => {
-            !matches!(e.code().as_deref(), Some("28000" | "28P01" | "3D000"))
-        }
-        _ => true,
-    }
+    // At the start a TLS error is a wrong CA, host name or server, not a network that failed.
+    !matches!(error, sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))
+        && DbFailure::of(error) != DbFailure::Refused
 }
 
 /// Connects, retrying for a while.
