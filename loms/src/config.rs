@@ -234,6 +234,8 @@ impl Default for DatabaseSettings {
     }
 }
 
+service_runtime::kafka_client_settings!(KafkaSettings);
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {

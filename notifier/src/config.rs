@@ -90,6 +90,8 @@ impl Default for Settings {
     }
 }
 
+service_runtime::kafka_client_settings!(KafkaSettings);
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {

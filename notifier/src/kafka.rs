@@ -8,6 +8,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use service_runtime::kafka::ClientSettings;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -135,18 +136,13 @@ pub fn consumer(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupC
         ("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string()),
         ("statistics.interval.ms", statistics.to_string()),
     ];
-    let consumer: GroupConsumer = service_runtime::kafka::client_config(
-        &k.brokers,
-        &k.client_id,
-        defaults,
-        &k.security,
-        &k.properties,
-    )
-    .map_err(anyhow::Error::msg)?
-    .create_with_context(GroupContext {
-        metrics: metrics.clone(),
-    })
-    .context("creating the consumer")?;
+    let consumer: GroupConsumer = k
+        .client("", defaults)
+        .map_err(anyhow::Error::msg)?
+        .create_with_context(GroupContext {
+            metrics: metrics.clone(),
+        })
+        .context("creating the consumer")?;
     consumer.subscribe(&[&k.topic]).context("subscribing")?;
     Ok(consumer)
 }
@@ -158,14 +154,8 @@ pub fn dead_letter_producer(settings: &Settings) -> anyhow::Result<FutureProduce
         ("acks", "all".to_string()),
         ("message.timeout.ms", DEAD_LETTER_TIMEOUT_MS.to_string()),
     ];
-    service_runtime::kafka::client_config(
-        &k.brokers,
-        &format!("{}-dlq", k.client_id),
-        defaults,
-        &k.security,
-        &k.properties,
-    )
-    .map_err(anyhow::Error::msg)?
-    .create()
-    .context("creating the dead-letter producer")
+    k.client("-dlq", defaults)
+        .map_err(anyhow::Error::msg)?
+        .create()
+        .context("creating the dead-letter producer")
 }

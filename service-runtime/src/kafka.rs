@@ -97,6 +97,54 @@ impl Security {
     }
 }
 
+/// What every `[kafka]` section has, whatever else its service adds there: both services build
+/// their clients from it one way.
+pub trait ClientSettings {
+    fn brokers(&self) -> &str;
+    fn client_id(&self) -> &str;
+    fn security(&self) -> &Security;
+    fn properties(&self) -> &Properties;
+
+    /// The configuration of one client: `client.id` is the settings' with `suffix` (`""`, or
+    /// `"-dlq"` for a second client), `defaults` the client's own settings (see
+    /// [`client_config`]).
+    fn client<'a>(
+        &self,
+        suffix: &str,
+        defaults: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<ClientConfig, String> {
+        client_config(
+            self.brokers(),
+            &format!("{}{suffix}", self.client_id()),
+            defaults,
+            self.security(),
+            self.properties(),
+        )
+    }
+}
+
+/// Implements [`ClientSettings`] for a settings type with the fields `brokers`, `client_id`,
+/// `security` and `properties`.
+#[macro_export]
+macro_rules! kafka_client_settings {
+    ($settings:ty) => {
+        impl $crate::kafka::ClientSettings for $settings {
+            fn brokers(&self) -> &str {
+                &self.brokers
+            }
+            fn client_id(&self) -> &str {
+                &self.client_id
+            }
+            fn security(&self) -> &$crate::kafka::Security {
+                &self.security
+            }
+            fn properties(&self) -> &$crate::kafka::Properties {
+                &self.properties
+            }
+        }
+    };
+}
+
 /// A client configuration: brokers and client id, the failover settings, the service's
 /// `defaults`, the `security` settings, then the pass-through `properties`.
 pub fn client_config<'a>(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::{ClientConfig, ClientContext, Statistics};
+use service_runtime::kafka::ClientSettings;
 use service_runtime::Backoff;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Notify;
@@ -72,14 +73,7 @@ pub fn producer_config(kafka: &KafkaSettings) -> anyhow::Result<ClientConfig> {
         ),
         ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
     ];
-    service_runtime::kafka::client_config(
-        &kafka.brokers,
-        &kafka.client_id,
-        defaults,
-        &kafka.security,
-        &kafka.properties,
-    )
-    .map_err(anyhow::Error::msg)
+    kafka.client("", defaults).map_err(anyhow::Error::msg)
 }
 
 impl Relay {
