@@ -43,20 +43,11 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), Bo
         .x_desc("latency, ms (log scale)")
         .y_desc("share at or below")
         .draw()?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    let lines = series.iter().map(|(name, points)| {
         let line = points.iter().map(|&(x, y)| (x.max(FLOOR_MS), y));
-        chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+        (name.as_str(), line.collect())
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -87,19 +78,39 @@ pub fn throughput(
         .x_desc("second of the run")
         .y_desc("requests per second")
         .draw()?;
-    for (i, (name, per_second)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    let lines = series.iter().map(|(name, per_second)| {
         let line = per_second.iter().enumerate().map(|(s, n)| (s as u64, *n));
+        (name.as_str(), line.collect())
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::MiddleRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Each series as a line of its own colour, with the legend at `position`.
+fn draw_lines<'a, 'b: 'a, 'n, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    series: impl Iterator<Item = (&'n str, Vec<(X::ValueType, Y::ValueType)>)>,
+    position: SeriesLabelPosition,
+) -> Result<(), Box<dyn Error>>
+where
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    for (i, (name, points)) in series.enumerate() {
+        let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
-            .label(name.as_str())
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart
         .configure_series_labels()
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
