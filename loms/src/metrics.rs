@@ -60,6 +60,7 @@ struct RelayMetrics {
     cycle: Histogram,
     producer_queue_messages: Gauge,
     producer_queue_bytes: Gauge,
+    produce_requests: Counter,
 }
 
 /// The request pool's connections, read from the pool itself at each scrape.
@@ -89,6 +90,7 @@ impl RelayMetrics {
             cycle: stage(r, "loms_relay_cycle_seconds", "Time from a batch's read to its deletion once acknowledged."),
             producer_queue_messages: register(r, "loms_kafka_producer_queue_messages", "Messages in the relay producer's queue, not yet acknowledged (librdkafka's statistics)."),
             producer_queue_bytes: register(r, "loms_kafka_producer_queue_bytes", "Bytes in the relay producer's queue (librdkafka's statistics)."),
+            produce_requests: register(r, "loms_kafka_produce_requests", "Produce requests the relay's producer sent (librdkafka's statistics, as often as statistics.interval.ms)."),
         }
     }
 }
@@ -272,6 +274,10 @@ impl Metrics {
     pub fn set_producer_queue(&self, messages: i64, bytes: i64) {
         self.inner.relay.producer_queue_messages.set(messages);
         self.inner.relay.producer_queue_bytes.set(bytes);
+    }
+
+    pub fn produce_requests(&self, sent: u64) {
+        self.inner.relay.produce_requests.inc_by(sent);
     }
 
     pub fn relay_status(&self) -> RelayStatus {

@@ -304,3 +304,33 @@ async fn a_row_written_before_trace_context_still_publishes() {
     assert!(parts[1].chars().any(|c| c != '0'), "{traceparent}");
     wait_for_empty_outbox(&pool).await;
 }
+
+/// The relay's produce requests are counted from librdkafka's statistics, for the bench and the
+/// dashboards.
+#[tokio::test]
+async fn produce_requests_are_counted() {
+    let db = testkit::db::fresh_database().await;
+    let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
+    let mut settings = testkit::app::settings(&db, &topic, true);
+    settings.kafka.properties.insert(
+        "statistics.interval.ms".into(),
+        secrecy::SecretString::from("200"),
+    );
+    let app = TestApp::start(settings, &db).await;
+    create(&app, 1, &[(SKU_A, 1)]).await.unwrap();
+    wait_for_empty_outbox(&app.pool).await;
+    testkit::eventually(
+        "the produce requests are counted",
+        Duration::from_secs(30),
+        || async {
+            app.metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("loms_kafka_produce_requests_total "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        },
+    )
+    .await;
+    app.stop().await;
+}

@@ -8,7 +8,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use service_runtime::kafka::ClientSettings;
+use service_runtime::kafka::{ClientSettings, RequestCount};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -27,6 +27,7 @@ const HEARTBEAT_INTERVAL_MS: u32 = 1_000;
 /// consumer lag from librdkafka's statistics.
 pub struct GroupContext {
     metrics: Metrics,
+    fetch_requests: RequestCount,
 }
 
 impl ClientContext for GroupContext {
@@ -45,6 +46,8 @@ impl ClientContext for GroupContext {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         self.metrics.set_broker_up(up);
+        self.metrics
+            .fetch_requests(self.fetch_requests.since_last(&statistics, "Fetch"));
     }
 }
 
@@ -141,6 +144,7 @@ pub fn consumer(settings: &Settings, metrics: &Metrics) -> anyhow::Result<GroupC
         .map_err(anyhow::Error::msg)?
         .create_with_context(GroupContext {
             metrics: metrics.clone(),
+            fetch_requests: RequestCount::default(),
         })
         .context("creating the consumer")?;
     consumer.subscribe(&[&k.topic]).context("subscribing")?;

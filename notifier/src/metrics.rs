@@ -34,6 +34,7 @@ struct Figures {
     group_member: Gauge,
     broker_up: Gauge,
     event_age: Histogram,
+    fetch_requests: Counter,
     listeners: ListenerMetrics,
 }
 
@@ -52,6 +53,7 @@ impl Figures {
             group_member: register(r, "notifier_group_member", "1 while this consumer is a member of its group."),
             broker_up: register(r, "notifier_broker_up", "1 while a broker of the cluster is reachable (librdkafka's statistics)."),
             event_age: register_latency(r, "notifier_event_age_seconds", "Time from an event's occurred_at to its handling."),
+            fetch_requests: register(r, "notifier_kafka_fetch_requests", "Fetch requests the consumer sent (librdkafka's statistics, as often as statistics.interval.ms; only with an admin listener)."),
             listeners: ListenerMetrics::register(r, "notifier"),
         }
     }
@@ -117,6 +119,10 @@ impl Metrics {
     /// Whether this consumer is a member of its group (given an assignment, even an empty one).
     pub fn set_group_member(&self, member: bool) {
         self.inner.figures.group_member.set(i64::from(member));
+    }
+
+    pub fn fetch_requests(&self, sent: u64) {
+        self.inner.figures.fetch_requests.inc_by(sent);
     }
 
     /// Now minus the event's `occurred_at`, when it is handled.

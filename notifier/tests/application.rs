@@ -22,7 +22,13 @@ async fn in_process_it_handles_commits_and_tells_its_state() {
     let topic = kafka::fresh_topic("loms.order-events.test", 2).await;
     let group = group();
     let ids = kafka::produce_events(&topic, 1..101).await;
-    let notifier = TestNotifier::start(settings(&topic, &group)).await;
+    let mut settings = settings(&topic, &group);
+    // Statistics (lag, broker up, fetch requests) often, so that the test need not wait for them.
+    settings.kafka.properties.insert(
+        "statistics.interval.ms".into(),
+        secrecy::SecretString::from("200"),
+    );
+    let notifier = TestNotifier::start(settings).await;
     eventually("every event is handled", PATIENCE, || async {
         notifier.metrics.handled_count() == ids.len() as u64
     })
@@ -41,6 +47,14 @@ async fn in_process_it_handles_commits_and_tells_its_state() {
     assert_eq!(status, 200);
     assert!(text.contains("notifier_events_handled_total 100"), "{text}");
     assert_eq!(notifier.admin_get("/livez").await.0, 200);
+    eventually("its fetch requests are counted", PATIENCE, || async {
+        let (_, text) = notifier.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("notifier_kafka_fetch_requests_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+    .await;
 
     notifier.stop().await.expect("a clean stop");
     let committed: i64 = kafka::committed_offsets(&topic, &group, 2)

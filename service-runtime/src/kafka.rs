@@ -173,6 +173,28 @@ pub fn client_config<'a>(
     Ok(config)
 }
 
+/// Requests of one kind (`Produce`, `Fetch`) a client has sent to all brokers, from librdkafka's
+/// statistics, turned into increments of a counter: librdkafka reports totals since the client
+/// was created, and a service creates its clients again after some failures.
+#[derive(Debug, Default)]
+pub struct RequestCount {
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl RequestCount {
+    /// The requests of `kind` sent since the previous statistics of this client.
+    pub fn since_last(&self, statistics: &rdkafka::Statistics, kind: &str) -> u64 {
+        let total: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.req.get(kind))
+            .sum();
+        let total = u64::try_from(total).unwrap_or(0);
+        let before = self.seen.swap(total, std::sync::atomic::Ordering::Relaxed);
+        total.saturating_sub(before)
+    }
+}
+
 /// Adds a `KEY=VALUE` property given on the command line.
 pub fn add_property(properties: &mut Properties, pair: &str) -> Result<(), String> {
     let (key, value) = pair

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::{ClientConfig, ClientContext, Statistics};
-use service_runtime::kafka::ClientSettings;
+use service_runtime::kafka::{ClientSettings, RequestCount};
 use service_runtime::Backoff;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::Notify;
@@ -38,14 +38,29 @@ pub struct Relay {
 /// How often librdkafka reports the producer's queue to the metrics.
 const STATISTICS_INTERVAL_MS: u32 = 5_000;
 
-/// Reads the producer's queue from librdkafka's statistics into the metrics.
-pub struct ProducerStats(Metrics);
+/// Reads the producer's queue and its produce requests from librdkafka's statistics into the
+/// metrics.
+pub struct ProducerStats {
+    metrics: Metrics,
+    produce_requests: RequestCount,
+}
+
+impl ProducerStats {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            produce_requests: RequestCount::default(),
+        }
+    }
+}
 
 impl ClientContext for ProducerStats {
     fn stats(&self, statistics: Statistics) {
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.0
+        self.metrics
             .set_producer_queue(as_i64(statistics.msg_cnt), as_i64(statistics.msg_size));
+        self.metrics
+            .produce_requests(self.produce_requests.since_last(&statistics, "Produce"));
     }
 }
 

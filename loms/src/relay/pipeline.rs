@@ -357,7 +357,7 @@ impl<'r> Pipeline<'r> {
 fn producer(relay: &Relay) -> anyhow::Result<FutureProducer<ProducerStats>> {
     use anyhow::Context;
     super::producer_config(&relay.kafka)?
-        .create_with_context(ProducerStats(relay.metrics.clone()))
+        .create_with_context(ProducerStats::new(relay.metrics.clone()))
         .context("relay: creating the producer")
 }
 

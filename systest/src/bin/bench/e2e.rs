@@ -18,6 +18,9 @@ use crate::histogram::{self, Buckets};
 const WARM_UP_SECS: u64 = 1;
 /// How long the notifier may take to log the last events of a run.
 const LOG_PATIENCE: Duration = Duration::from_secs(60);
+/// The services' librdkafka statistics each second, for their request counters (their own
+/// interval is 5 s, too coarse for a run of seconds).
+const STATISTICS: &str = "statistics.interval.ms=1000";
 /// The quantiles reported.
 pub const QUANTILES: [(&str, f64); 4] =
     [("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("p99_9", 0.999)];
@@ -48,6 +51,15 @@ pub struct E2e {
     /// Reply to log line, per order, sorted, in milliseconds.
     pub overall_ms: Vec<f64>,
     pub stages: Vec<(&'static str, Buckets)>,
+    /// The relay's produce requests and the notifier's fetch requests per second.
+    pub requests_per_s: Requests,
+}
+
+/// Kafka requests per second (or in total), by kind.
+#[derive(Clone, Copy, Default)]
+pub struct Requests {
+    pub produce: f64,
+    pub fetch: f64,
 }
 
 impl E2e {
@@ -84,6 +96,10 @@ impl E2e {
                 .collect::<serde_json::Map<_, _>>(),
             "stages_cover_the_measured_events": self.stages_cover_the_measured_events().is_ok(),
             "cpu_cores": self.cpu.json(),
+            "kafka_requests_per_s": {
+                "produce": self.requests_per_s.produce,
+                "fetch": self.requests_per_s.fetch,
+            },
             "latency_ms": quantiles(&|q| self.p(q)),
             "stages_ms": stages,
         })
@@ -149,13 +165,15 @@ pub const DEFAULTS: EventPath = EventPath {
 
 /// Orders at `rate` per second for `secs`, each measured from its reply to its log line.
 pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
-    let (loms, topic) = crate::system("e2e", path.producer).await;
+    let producer: Vec<&str> = path.producer.iter().copied().chain([STATISTICS]).collect();
+    let (loms, topic) = crate::system("e2e", &producer).await;
     let log = crate::out_dir().join("notifier-e2e.log");
     let _ = std::fs::remove_file(&log);
     let metrics = format!("127.0.0.1:{}", free_port());
     let notifier = path
         .consumer
         .iter()
+        .chain(&[STATISTICS])
         .fold(NotifierOptions::new(&topic, "bench-e2e"), |o, p| {
             o.kafka_property(p)
         })
@@ -177,22 +195,19 @@ pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
     let warm_up = send(&client, WARM_UP_SECS * rate, rate).await;
     logged_by(&notifier, &warm_up).await;
     let stages_before = scrape_stages(&loms.admin, &metrics).await;
+    let requests_before = scrape_requests(&loms.admin, &metrics).await;
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
     let before = cpu::sample(pids.0, pids.1);
     let replies = send(&client, secs * rate, rate).await;
     let cpu = Usage::between(&before, &cpu::sample(pids.0, pids.1));
     let logged = logged_by(&notifier, &replies).await;
-    let mut overall_ms: Vec<f64> = replies
-        .iter()
-        .filter_map(|(id, reply)| {
-            let at = logged.get(id)?;
-            Some(
-                at.duration_since(*reply)
-                    .map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            )
-        })
-        .collect();
-    overall_ms.sort_by(f64::total_cmp);
+    let requests = scrape_requests(&loms.admin, &metrics).await;
+    // Both counters lag by up to a statistics interval, at the start as at the end.
+    let requests_per_s = Requests {
+        produce: (requests.produce - requests_before.produce) / secs as f64,
+        fetch: (requests.fetch - requests_before.fetch) / secs as f64,
+    };
+    let overall_ms = reply_to_log(&replies, &logged);
     sampling.cancel();
     let outbox = sampler.await.expect("the outbox sampler");
     let stages = scrape_stages(&loms.admin, &metrics)
@@ -207,6 +222,46 @@ pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
         outbox,
         overall_ms,
         stages,
+        requests_per_s,
+    }
+}
+
+/// Each order's time from its reply to its log line, in milliseconds, sorted.
+fn reply_to_log(
+    replies: &HashMap<i64, SystemTime>,
+    logged: &HashMap<i64, SystemTime>,
+) -> Vec<f64> {
+    let mut overall_ms: Vec<f64> = replies
+        .iter()
+        .filter_map(|(id, reply)| {
+            let at = logged.get(id)?;
+            Some(
+                at.duration_since(*reply)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            )
+        })
+        .collect();
+    overall_ms.sort_by(f64::total_cmp);
+    overall_ms
+}
+
+/// The relay's produce requests and the notifier's fetch requests so far.
+async fn scrape_requests(loms: &str, notifier: &str) -> Requests {
+    let counter = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix("_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Requests {
+        produce: counter(
+            &histogram::scrape(loms).await,
+            "loms_kafka_produce_requests",
+        ),
+        fetch: counter(
+            &histogram::scrape(notifier).await,
+            "notifier_kafka_fetch_requests",
+        ),
     }
 }
 

@@ -33,8 +33,8 @@ const CANDIDATES: [EventPath; 4] = [
 ];
 
 pub async fn sweep(secs: u64) {
-    println!("| settings | orders/s | p50 ms | p99 ms | broker µs/order | loms µs/order | notifier µs/order | machine µs/order |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| settings | orders/s | p50 ms | p99 ms | broker µs/order | loms µs/order | notifier µs/order | machine µs/order | produce/s | fetch/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for path in &CANDIDATES {
         for rate in RATES {
@@ -49,9 +49,11 @@ pub async fn sweep(secs: u64) {
                 "loms_us_per_order": per_order("loms"),
                 "notifier_us_per_order": per_order("notifier"),
                 "machine_us_per_order": run.cpu.per_op_us(rate as f64),
+                "produce_requests_per_s": run.requests_per_s.produce,
+                "fetch_requests_per_s": run.requests_per_s.fetch,
             });
             println!(
-                "| {} | {rate} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {rate} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 path.name,
                 run.p(0.5),
                 run.p(0.99),
@@ -59,6 +61,8 @@ pub async fn sweep(secs: u64) {
                 per_order("loms"),
                 per_order("notifier"),
                 run.cpu.per_op_us(rate as f64),
+                run.requests_per_s.produce,
+                run.requests_per_s.fetch,
             );
             rows.push(row);
         }

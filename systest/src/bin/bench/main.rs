@@ -206,6 +206,12 @@ fn print_e2e(e: &E2e) {
         e.outbox.max_live, e.outbox.max_dead, e.outbox.autovacuums
     );
     print_cpu(&e.cpu);
+    println!(
+        "     Kafka requests: {:.0} produce/s (relay), {:.0} fetch/s (notifier); {:.1} events per produce request",
+        e.requests_per_s.produce,
+        e.requests_per_s.fetch,
+        2.0 * e.rate as f64 / e.requests_per_s.produce.max(1e-9)
+    );
     for (name, b) in &e.stages {
         println!(
             "     {name:<22} p50 {:>7.2} / p95 {:>7.2} / p99 {:>7.2} / p99.9 {:>7.2} ms ({} observed)",
