@@ -123,7 +123,17 @@ pub const TICKS_PER_S: f64 = 100.0;
 /// (utime + stime, cutime + cstime) of a process, in seconds; the second is what its exited
 /// and reaped children used (PostgreSQL's backends, pgbench).
 pub fn cpu_times(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_times(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds of one thread `tid` of `pid`.
+pub fn thread_cpu_seconds(pid: u32, tid: u32) -> Option<f64> {
+    stat_times(&format!("/proc/{pid}/task/{tid}/stat")).map(|(own, _)| own)
+}
+
+/// (own, reaped children's) CPU seconds from a `stat` file of `/proc`.
+fn stat_times(path: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command, which is in parentheses and may hold spaces.
     let fields: Vec<f64> = stat
         .rsplit_once(')')?

@@ -1,6 +1,7 @@
 //! Where the machine's CPU goes during a run, per part of the system, from `/proc`: what bounds
 //! a figure on a machine where everything shares two cores.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -20,12 +21,17 @@ fn command(pid: u32) -> String {
         .to_string()
 }
 
-/// CPU seconds of every process named `name`, with what their reaped children used.
-fn by_name(name: &str) -> f64 {
-    std::fs::read_dir("/proc")
+/// The numeric entries of a `/proc` directory: processes, or a process's threads.
+fn ids(dir: &str) -> impl Iterator<Item = u32> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// CPU seconds of every process named `name`, with what their reaped children used.
+fn by_name(name: &str) -> f64 {
+    ids("/proc")
         .filter(|pid| command(*pid) == name)
         .filter_map(times)
         .map(|(own, children)| own + children)
@@ -148,4 +154,45 @@ pub async fn measured<T>(
 /// Microseconds of CPU per operation: `cores` busy at `rate` operations per second.
 fn per_op_us(cores: f64, rate: f64) -> f64 {
     cores / rate.max(1e-9) * 1e6
+}
+
+/// CPU seconds of the broker's threads (every `java` process's), by thread name without its
+/// number (`data-plane-kafka-request-handler-3` counts as `data-plane-kafka-request-handler`).
+pub fn broker_threads() -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    for pid in ids("/proc").filter(|pid| command(*pid) == "java") {
+        for tid in ids(&format!("/proc/{pid}/task")) {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            let name = comm
+                .trim()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .to_string();
+            if let Some(secs) = systest::thread_cpu_seconds(pid, tid) {
+                *by_name.entry(name).or_insert(0.0) += secs;
+            }
+        }
+    }
+    by_name
+}
+
+/// Cores each thread name used between two [`broker_threads`] samples `secs` apart, busiest
+/// first, those above a hundredth of a core.
+pub fn thread_cores(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    secs: f64,
+) -> Vec<(String, f64)> {
+    let mut cores: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                (a - before.get(name).unwrap_or(&0.0)) / secs.max(1e-3),
+            )
+        })
+        .filter(|(_, c)| *c >= 0.01)
+        .collect();
+    cores.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cores
 }

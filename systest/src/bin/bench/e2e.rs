@@ -53,6 +53,8 @@ pub struct E2e {
     pub stages: Vec<(&'static str, Buckets)>,
     /// The relay's produce requests and the notifier's fetch requests per second.
     pub requests_per_s: Requests,
+    /// The broker's busiest threads (by name) in cores.
+    pub broker_threads: Vec<(String, f64)>,
 }
 
 /// Kafka requests per second (or in total), by kind.
@@ -96,6 +98,11 @@ impl E2e {
                 .collect::<serde_json::Map<_, _>>(),
             "stages_cover_the_measured_events": self.stages_cover_the_measured_events().is_ok(),
             "cpu_cores": self.cpu.json(),
+            "broker_threads_cores": self
+                .broker_threads
+                .iter()
+                .map(|(name, cores)| (name.clone(), json!(cores)))
+                .collect::<serde_json::Map<_, _>>(),
             "kafka_requests_per_s": {
                 "produce": self.requests_per_s.produce,
                 "fetch": self.requests_per_s.fetch,
@@ -197,9 +204,10 @@ pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
     let stages_before = scrape_stages(&loms.admin, &metrics).await;
     let requests_before = scrape_requests(&loms.admin, &metrics).await;
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
-    let before = cpu::sample(pids.0, pids.1);
+    let (before, threads_before) = (cpu::sample(pids.0, pids.1), cpu::broker_threads());
     let replies = send(&client, secs * rate, rate).await;
     let cpu = Usage::between(&before, &cpu::sample(pids.0, pids.1));
+    let broker_threads = cpu::thread_cores(&threads_before, &cpu::broker_threads(), secs as f64);
     let logged = logged_by(&notifier, &replies).await;
     let requests = scrape_requests(&loms.admin, &metrics).await;
     // Both counters lag by up to a statistics interval, at the start as at the end.
@@ -223,14 +231,12 @@ pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
         overall_ms,
         stages,
         requests_per_s,
+        broker_threads,
     }
 }
 
 /// Each order's time from its reply to its log line, in milliseconds, sorted.
-fn reply_to_log(
-    replies: &HashMap<i64, SystemTime>,
-    logged: &HashMap<i64, SystemTime>,
-) -> Vec<f64> {
+fn reply_to_log(replies: &HashMap<i64, SystemTime>, logged: &HashMap<i64, SystemTime>) -> Vec<f64> {
     let mut overall_ms: Vec<f64> = replies
         .iter()
         .filter_map(|(id, reply)| {
