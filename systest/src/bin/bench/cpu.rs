@@ -156,43 +156,65 @@ fn per_op_us(cores: f64, rate: f64) -> f64 {
     cores / rate.max(1e-9) * 1e6
 }
 
-/// CPU seconds of the broker's threads (every `java` process's), by thread name without its
-/// number (`data-plane-kafka-request-handler-3` counts as `data-plane-kafka-request-handler`).
-pub fn broker_threads() -> BTreeMap<String, f64> {
-    let mut by_name = BTreeMap::new();
+/// CPU seconds of each thread of the broker (every `java` process), by (pid, tid).
+pub fn broker_threads() -> BTreeMap<(u32, u32), f64> {
+    let mut threads = BTreeMap::new();
     for pid in ids("/proc").filter(|pid| command(*pid) == "java") {
         for tid in ids(&format!("/proc/{pid}/task")) {
-            let comm =
-                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
-            let name = comm
-                .trim()
-                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
-                .to_string();
             if let Some(secs) = systest::thread_cpu_seconds(pid, tid) {
-                *by_name.entry(name).or_insert(0.0) += secs;
+                threads.insert((pid, tid), secs);
             }
         }
     }
-    by_name
+    threads
 }
 
-/// Cores each thread name used between two [`broker_threads`] samples `secs` apart, busiest
-/// first, those above a hundredth of a core.
+/// The Java names of `pid`'s threads by tid, from `jstack` (the kernel keeps only their first
+/// 15 characters, which do not tell the broker's request handlers from its network threads).
+fn java_thread_names(pid: u32) -> BTreeMap<u32, String> {
+    let Ok(out) = std::process::Command::new("jstack")
+        .arg(pid.to_string())
+        .output()
+    else {
+        return BTreeMap::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let name = line.strip_prefix('"')?.split('"').next()?;
+            let nid = line.split("nid=0x").nth(1)?.split_whitespace().next()?;
+            Some((u32::from_str_radix(nid, 16).ok()?, name.to_string()))
+        })
+        .collect()
+}
+
+/// Cores the broker's threads used between two [`broker_threads`] samples `secs` apart, by
+/// thread name without its numbers (`data-plane-kafka-request-handler-3` counts as
+/// `data-plane-kafka-request-handler-`), busiest first, those above a hundredth of a core.
 pub fn thread_cores(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
+    before: &BTreeMap<(u32, u32), f64>,
+    after: &BTreeMap<(u32, u32), f64>,
     secs: f64,
 ) -> Vec<(String, f64)> {
-    let mut cores: Vec<(String, f64)> = after
-        .iter()
-        .map(|(name, a)| {
-            (
-                name.clone(),
-                (a - before.get(name).unwrap_or(&0.0)) / secs.max(1e-3),
-            )
-        })
-        .filter(|(_, c)| *c >= 0.01)
-        .collect();
+    let mut names: BTreeMap<u32, BTreeMap<u32, String>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+    for (&(pid, tid), a) in after {
+        let used = a - before.get(&(pid, tid)).unwrap_or(&0.0);
+        if used <= 0.0 {
+            continue;
+        }
+        let java = names.entry(pid).or_insert_with(|| java_thread_names(pid));
+        let name = java.get(&tid).cloned().unwrap_or_else(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default()
+        });
+        let name: String = name
+            .trim()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        *by_name.entry(name).or_insert(0.0) += used / secs.max(1e-3);
+    }
+    let mut cores: Vec<(String, f64)> = by_name.into_iter().filter(|(_, c)| *c >= 0.01).collect();
     cores.sort_by(|a, b| b.1.total_cmp(&a.1));
     cores
 }
