@@ -33,8 +33,8 @@ const CANDIDATES: [EventPath; 4] = [
 ];
 
 pub async fn sweep(secs: u64) {
-    println!("| settings | orders/s | p50 ms | p99 ms | broker µs/order | loms µs/order | notifier µs/order | machine µs/order | produce/s | fetch/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| settings | orders/s | p50 ms | p99 ms | broker µs/order | loms µs/order | notifier µs/order | machine µs/order | produce/s | fetch/s | broker's busiest threads, cores |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for path in &CANDIDATES {
         for rate in RATES {
@@ -51,9 +51,16 @@ pub async fn sweep(secs: u64) {
                 "machine_us_per_order": run.cpu.per_op_us(rate as f64),
                 "produce_requests_per_s": run.requests_per_s.produce,
                 "fetch_requests_per_s": run.requests_per_s.fetch,
+                "broker_threads_cores": run.json()["broker_threads_cores"],
             });
+            let threads: Vec<String> = run
+                .broker_threads
+                .iter()
+                .take(3)
+                .map(|(name, cores)| format!("{name} {cores:.2}"))
+                .collect();
             println!(
-                "| {} | {rate} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {rate} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
                 path.name,
                 run.p(0.5),
                 run.p(0.99),
@@ -63,6 +70,7 @@ pub async fn sweep(secs: u64) {
                 run.cpu.per_op_us(rate as f64),
                 run.requests_per_s.produce,
                 run.requests_per_s.fetch,
+                threads.join(", "),
             );
             rows.push(row);
         }
