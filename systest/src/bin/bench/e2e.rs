@@ -98,11 +98,7 @@ impl E2e {
                 .collect::<serde_json::Map<_, _>>(),
             "stages_cover_the_measured_events": self.stages_cover_the_measured_events().is_ok(),
             "cpu_cores": self.cpu.json(),
-            "broker_threads_cores": self
-                .broker_threads
-                .iter()
-                .map(|(name, cores)| (name.clone(), json!(cores)))
-                .collect::<serde_json::Map<_, _>>(),
+            "broker_threads_cores": self.broker_threads_json(),
             "kafka_requests_per_s": {
                 "produce": self.requests_per_s.produce,
                 "fetch": self.requests_per_s.fetch,
@@ -110,6 +106,25 @@ impl E2e {
             "latency_ms": quantiles(&|q| self.p(q)),
             "stages_ms": stages,
         })
+    }
+
+    /// The broker's `n` busiest threads, as `name cores, ...`.
+    pub fn busiest_threads(&self, n: usize) -> String {
+        let threads: Vec<String> = self
+            .broker_threads
+            .iter()
+            .take(n)
+            .map(|(name, cores)| format!("{name} {cores:.2}"))
+            .collect();
+        threads.join(", ")
+    }
+
+    pub fn broker_threads_json(&self) -> Value {
+        self.broker_threads
+            .iter()
+            .map(|(name, cores)| (name.clone(), json!(cores)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// Events the measured orders wrote: two each (`new`, `awaiting payment`).
@@ -201,27 +216,26 @@ pub async fn run(secs: u64, rate: u64, path: &EventPath) -> E2e {
     // the consumer's first requests find their brokers; the figures are of the steady state.
     let warm_up = send(&client, WARM_UP_SECS * rate, rate).await;
     logged_by(&notifier, &warm_up).await;
-    let stages_before = scrape_stages(&loms.admin, &metrics).await;
-    let requests_before = scrape_requests(&loms.admin, &metrics).await;
+    let before_run = scrape(&loms.admin, &metrics).await;
     let pids = (Some(loms.process.pid()), Some(notifier.process.pid()));
     let (before, threads_before) = (cpu::sample(pids.0, pids.1), cpu::broker_threads());
     let replies = send(&client, secs * rate, rate).await;
     let cpu = Usage::between(&before, &cpu::sample(pids.0, pids.1));
     let broker_threads = cpu::thread_cores(&threads_before, &cpu::broker_threads(), secs as f64);
     let logged = logged_by(&notifier, &replies).await;
-    let requests = scrape_requests(&loms.admin, &metrics).await;
-    // Both counters lag by up to a statistics interval, at the start as at the end.
+    let after_run = scrape(&loms.admin, &metrics).await;
+    // Both request counters lag by up to a statistics interval, at the start as at the end.
     let requests_per_s = Requests {
-        produce: (requests.produce - requests_before.produce) / secs as f64,
-        fetch: (requests.fetch - requests_before.fetch) / secs as f64,
+        produce: (after_run.requests.produce - before_run.requests.produce) / secs as f64,
+        fetch: (after_run.requests.fetch - before_run.requests.fetch) / secs as f64,
     };
     let overall_ms = reply_to_log(&replies, &logged);
     sampling.cancel();
     let outbox = sampler.await.expect("the outbox sampler");
-    let stages = scrape_stages(&loms.admin, &metrics)
-        .await
+    let stages = after_run
+        .stages
         .into_iter()
-        .zip(stages_before)
+        .zip(before_run.stages)
         .map(|((name, after), (_, before))| (name, after.since(&before)))
         .collect();
     E2e {
@@ -251,26 +265,6 @@ fn reply_to_log(replies: &HashMap<i64, SystemTime>, logged: &HashMap<i64, System
     overall_ms
 }
 
-/// The relay's produce requests and the notifier's fetch requests so far.
-async fn scrape_requests(loms: &str, notifier: &str) -> Requests {
-    let counter = |text: &str, name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix("_total "))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0)
-    };
-    Requests {
-        produce: counter(
-            &histogram::scrape(loms).await,
-            "loms_kafka_produce_requests",
-        ),
-        fetch: counter(
-            &histogram::scrape(notifier).await,
-            "notifier_kafka_fetch_requests",
-        ),
-    }
-}
-
 /// `count` orders at `rate` per second, sent whether or not earlier ones were answered: when
 /// each was answered, by order id.
 async fn send(
@@ -298,13 +292,19 @@ async fn send(
         .collect()
 }
 
-/// Every stage's histogram as the services expose it now.
-async fn scrape_stages(loms: &str, notifier: &str) -> Vec<(&'static str, Buckets)> {
+/// What both services' `/metrics` say now, each scraped once: every stage's histogram, the
+/// relay's produce requests and the notifier's fetch requests.
+struct Scrape {
+    stages: Vec<(&'static str, Buckets)>,
+    requests: Requests,
+}
+
+async fn scrape(loms: &str, notifier: &str) -> Scrape {
     let (loms_text, notifier_text) = (
         histogram::scrape(loms).await,
         histogram::scrape(notifier).await,
     );
-    STAGES
+    let stages = STAGES
         .iter()
         .map(|(name, metric, side)| {
             let text = match side {
@@ -313,7 +313,18 @@ async fn scrape_stages(loms: &str, notifier: &str) -> Vec<(&'static str, Buckets
             };
             (*name, histogram::parse(text, metric))
         })
-        .collect()
+        .collect();
+    let counter = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix("_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let requests = Requests {
+        produce: counter(&loms_text, "loms_kafka_produce_requests"),
+        fetch: counter(&notifier_text, "notifier_kafka_fetch_requests"),
+    };
+    Scrape { stages, requests }
 }
 
 /// Waits until the notifier has logged every order of `replies`; when it logged each order.

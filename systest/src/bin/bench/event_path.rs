@@ -51,14 +51,8 @@ pub async fn sweep(secs: u64) {
                 "machine_us_per_order": run.cpu.per_op_us(rate as f64),
                 "produce_requests_per_s": run.requests_per_s.produce,
                 "fetch_requests_per_s": run.requests_per_s.fetch,
-                "broker_threads_cores": run.json()["broker_threads_cores"],
+                "broker_threads_cores": run.broker_threads_json(),
             });
-            let threads: Vec<String> = run
-                .broker_threads
-                .iter()
-                .take(3)
-                .map(|(name, cores)| format!("{name} {cores:.2}"))
-                .collect();
             println!(
                 "| {} | {rate} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
                 path.name,
@@ -70,7 +64,7 @@ pub async fn sweep(secs: u64) {
                 run.cpu.per_op_us(rate as f64),
                 run.requests_per_s.produce,
                 run.requests_per_s.fetch,
-                threads.join(", "),
+                run.busiest_threads(3),
             );
             rows.push(row);
         }

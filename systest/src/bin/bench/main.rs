@@ -212,13 +212,7 @@ fn print_e2e(e: &E2e) {
         e.requests_per_s.fetch,
         2.0 * e.rate as f64 / e.requests_per_s.produce.max(1e-9)
     );
-    let threads: Vec<String> = e
-        .broker_threads
-        .iter()
-        .take(6)
-        .map(|(name, cores)| format!("{name} {cores:.2}"))
-        .collect();
-    println!("     broker threads, cores: {}", threads.join(", "));
+    println!("     broker threads, cores: {}", e.busiest_threads(6));
     for (name, b) in &e.stages {
         println!(
             "     {name:<22} p50 {:>7.2} / p95 {:>7.2} / p99 {:>7.2} / p99.9 {:>7.2} ms ({} observed)",
