@@ -85,12 +85,15 @@ pub struct ConnectionSettings {
 
 impl Default for ConnectionSettings {
     fn default() -> Self {
+        // The HTTP server's own defaults, which the notifier's admin listener uses as they are.
+        let timeouts = service_runtime::http::Timeouts::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             max_per_listener: 1_000,
             idle_timeout_ms: 60_000,
-            header_read_timeout_ms: 10_000,
-            keepalive_interval_ms: 20_000,
-            keepalive_timeout_ms: 10_000,
+            header_read_timeout_ms: ms(timeouts.header_read),
+            keepalive_interval_ms: ms(timeouts.keepalive_interval),
+            keepalive_timeout_ms: ms(timeouts.keepalive_timeout),
         }
     }
 }

@@ -97,7 +97,7 @@ pub async fn serve(
 }
 
 impl Default for Timeouts {
-    /// loms's defaults, and the notifier's admin listener's.
+    /// loms's defaults (`[connections]`), and the notifier's admin listener's.
     fn default() -> Self {
         Self {
             header_read: Duration::from_secs(10),
