@@ -106,17 +106,19 @@ pub struct DatabaseSettings {
     #[schemars(with = "String")]
     #[schemars(extend("default" = "postgres://postgres@127.0.0.1:5432/loms"))]
     pub url: SecretString,
-    /// The connection pool's size (OrderCreate batches, the other requests, the relay).
+    /// The connection pool's size (the order batches, the other requests, the relay).
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before it is answered Unavailable.
     pub acquire_timeout_ms: u64,
     /// Server-side limit of one statement, so that no request hangs on a lock forever.
     pub statement_timeout_ms: u64,
-    /// Most OrderCreate requests committed together in one call and one transaction: those
-    /// that arrive while every batch worker is busy wait and go together.
+    /// Most requests committed together in one call and one transaction (OrderCreate's, or
+    /// OrderPay's and OrderCancel's): those that arrive while every batch worker of their kind is
+    /// busy wait and go together.
     pub order_batch_max: usize,
-    /// OrderCreate batches in flight at once, each on a connection of its own; a request that
-    /// finds one of them idle goes at once, alone.
+    /// Batches in flight at once for OrderCreate, and as many for OrderPay and OrderCancel, each
+    /// on a connection of its own; a request that finds a worker of its kind idle goes at once,
+    /// alone.
     pub order_batch_workers: usize,
     /// Whether `loms serve` applies the migrations before it serves; off where a job of its
     /// own runs `loms migrate` first (compose does).
@@ -359,9 +361,9 @@ impl Settings {
                 self.connections.idle_timeout_ms, self.request_timeout_ms
             ));
         }
-        if self.database.order_batch_workers >= self.database.max_connections as usize {
+        if 2 * self.database.order_batch_workers >= self.database.max_connections as usize {
             problems.push(format!(
-                "database.order_batch_workers ({}) must be fewer than database.max_connections ({}): the other requests need connections too",
+                "twice database.order_batch_workers ({}, one set for OrderCreate and one for OrderPay and OrderCancel) must be fewer than database.max_connections ({}): the other requests need connections too",
                 self.database.order_batch_workers, self.database.max_connections
             ));
         }

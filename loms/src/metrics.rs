@@ -41,6 +41,7 @@ struct Inner {
     relay: RelayMetrics,
     pool: PoolMetrics,
     order_batch_size: Histogram,
+    change_batch_size: Histogram,
     listeners: ListenerMetrics,
 }
 
@@ -151,6 +152,12 @@ impl Default for Metrics {
             "Orders committed together by one call of create_orders.",
             order_batch_size.clone(),
         );
+        let change_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "loms_change_batch_size",
+            "OrderPay and OrderCancel requests decided together by one batch (one read, at most one call of change_orders).",
+            change_batch_size.clone(),
+        );
         let listeners = ListenerMetrics::register(&mut registry, "loms");
         let relay = RelayMetrics::register(&mut registry);
         let pool = PoolMetrics::register(&mut registry);
@@ -164,6 +171,7 @@ impl Default for Metrics {
                 relay,
                 pool,
                 order_batch_size,
+                change_batch_size,
                 listeners,
             }),
         }
@@ -208,6 +216,10 @@ impl Metrics {
 
     pub fn order_batch(&self, orders: usize) {
         self.inner.order_batch_size.observe(orders as f64);
+    }
+
+    pub fn change_batch(&self, requests: usize) {
+        self.inner.change_batch_size.observe(requests as f64);
     }
 
     pub fn watch_pool(&self, pool: PgPool) {
