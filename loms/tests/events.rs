@@ -196,7 +196,7 @@ async fn a_failed_transaction_sends_nothing() {
     };
     // The event row is written, then the transaction fails and rolls back.
     let mut tx = app.pool.begin().await.unwrap();
-    outbox.write(&mut tx, &[change(1_000_001)]).await.unwrap();
+    testkit::db::write_events(&mut tx, &outbox, &[change(1_000_001)]).await;
     sqlx::query("SELECT 1/0")
         .execute(&mut *tx)
         .await

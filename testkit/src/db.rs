@@ -139,10 +139,31 @@ pub async fn fill_outbox(
             })
             .collect();
         let mut tx = pool.begin().await.expect("begin");
-        outbox
-            .write(&mut tx, &changes)
-            .await
-            .expect("write the outbox");
+        write_events(&mut tx, &outbox, &changes).await;
         tx.commit().await.expect("commit");
     }
+}
+
+/// Inserts the events of `changes`, in that order, into the outbox of `tx`, as loms's order
+/// batches do.
+pub async fn write_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    outbox: &loms::outbox::Outbox,
+    changes: &[loms::outbox::Change<'_>],
+) {
+    let rows = outbox
+        .rows(changes, std::time::SystemTime::now())
+        .expect("events that fit");
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload, headers)
+         SELECT $1, k, p, h FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY AS u(k, p, h, n)
+         ORDER BY n",
+    )
+    .bind(&outbox.topic)
+    .bind(&rows.keys)
+    .bind(&rows.payloads)
+    .bind(&rows.headers)
+    .execute(&mut **tx)
+    .await
+    .expect("write the outbox");
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use events_proto::{headers, OrderEvent};
-use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
 
 use crate::domain::{Line, Status};
@@ -113,28 +112,5 @@ impl Outbox {
             rows.payloads.push(payload);
         }
         Ok(rows)
-    }
-
-    /// Inserts the events of `changes`, in that order, into the outbox of `tx`. The caller has
-    /// locked (or just created) the order row, so that the events of one order get ids in the
-    /// order their transactions commit.
-    pub async fn write(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        changes: &[Change<'_>],
-    ) -> Result<(), Error> {
-        let rows = self.rows(changes, SystemTime::now())?;
-        sqlx::query(
-            "INSERT INTO outbox (topic, key, payload, headers)
-             SELECT $1, k, p, h FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY AS u(k, p, h, n)
-             ORDER BY n",
-        )
-        .bind(&self.topic)
-        .bind(&rows.keys)
-        .bind(&rows.payloads)
-        .bind(&rows.headers)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }

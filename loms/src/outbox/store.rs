@@ -1,7 +1,7 @@
 //! Every statement on the outbox after it was written: the relay's reads, deletes and parking,
 //! the backlog figures, and the operator's commands on parked rows. (The rows themselves are
-//! written by the transactions of the changes: [`super::Outbox::write`], and OrderCreate's one
-//! statement in `storage`.)
+//! written by the transactions of the changes: the order batches' functions, `create_orders`
+//! and `change_orders`, in `storage`.)
 
 use sqlx::{PgConnection, PgPool};
 

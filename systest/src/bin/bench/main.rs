@@ -5,6 +5,7 @@
 //! measurements, shorter; `--event-path` measures only the event path's candidate settings
 //! (`make bench-event-path`).
 
+mod changes;
 mod consume;
 mod cpu;
 mod drain;
@@ -25,12 +26,14 @@ use testkit::kafka::fresh_topic;
 use testkit::process::LomsProcess;
 use testkit::stack::target_dir;
 
+use crate::changes::Changes;
 use crate::cpu::Usage;
 use crate::e2e::E2e;
 use crate::histogram::Buckets;
 use crate::load::Load;
 
-/// Concurrent clients of the OrderCreate and OrderInfo runs (and of pgbench's).
+/// Concurrent clients of the OrderCreate, OrderInfo, OrderPay and OrderCancel runs (and of
+/// pgbench's).
 const CLIENTS: u64 = 64;
 /// The fixed rates of the end-to-end runs, kept for comparison with earlier figures; a third
 /// runs at half the OrderCreate capacity measured in the same run.
@@ -88,9 +91,20 @@ impl Run {
     }
 }
 
+/// What the service's runs measured.
+struct ServiceRuns {
+    create: Run,
+    /// Orders per call of create_orders during the OrderCreate run.
+    batches: Buckets,
+    info: Run,
+    changes: Changes,
+    rss_mb: (f64, f64),
+}
+
 /// OrderCreate with 64 clients (relay and a notifier running, as in production), then
-/// OrderInfo with 64 clients on the orders just made; and peak memory of both services.
-async fn create_and_info(secs: u64) -> (Run, Run, Buckets, f64, f64) {
+/// OrderInfo with 64 clients on the orders just made, then OrderPay and OrderCancel on them;
+/// and peak memory of both services.
+async fn service_runs(secs: u64) -> ServiceRuns {
     let (loms, topic) = system("create", &[]).await;
     let notifier = systest::notifier(
         &topic,
@@ -135,20 +149,20 @@ async fn create_and_info(secs: u64) -> (Run, Run, Buckets, f64, f64) {
         }),
     )
     .await;
-    let rss = (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb());
-    (
-        Run {
+    let changes = changes::measure(&loms, notifier.process.pid(), secs).await;
+    ServiceRuns {
+        create: Run {
             load: create,
             cpu: create_cpu,
         },
-        Run {
+        batches,
+        info: Run {
             load: info,
             cpu: info_cpu,
         },
-        batches,
-        rss.0,
-        rss.1,
-    )
+        changes,
+        rss_mb: (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb()),
+    }
 }
 
 /// A rate some program reached, and what the machine's cores did meanwhile.
@@ -248,11 +262,7 @@ fn plan(quick: bool) -> Plan {
 
 /// Part 1: the service's capacity and the yardsticks of the same cluster.
 struct Capacity {
-    create: Run,
-    /// Orders per call of create_orders during the OrderCreate run.
-    batches: Buckets,
-    info: Run,
-    rss_mb: (f64, f64),
+    service: ServiceRuns,
     simple_update: Yardstick,
     select_only: Yardstick,
     /// OrderCreate's statement bare, as fast as it goes.
@@ -263,36 +273,37 @@ struct Capacity {
     bare_at_service_rate: Yardstick,
 }
 
-/// Section 1's lines for OrderCreate and OrderInfo.
-fn print_service_runs(secs: u64, create: &Run, info: &Run, batches: &Buckets) {
-    for (name, run, unit) in [
-        ("OrderCreate", create, "orders/s"),
-        ("OrderInfo", info, "/s"),
-    ] {
-        println!(
-            "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
-            run.load.rate(),
-            run.load.p(0.5),
-            run.load.p(0.99)
-        );
-        print_cpu(&run.cpu);
-        if name == "OrderCreate" {
-            println!(
-                    "     orders per call of create_orders: p50 {:.1}, p99 {:.1}, max <= {:.0} ({} calls)",
-                    batches.quantile(0.5),
-                    batches.quantile(0.99),
-                    batches.max_at_most(),
-                    batches.count()
-                );
-        }
-        println!(
-                "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
-                run.per_call_us("loms"),
-                run.per_call_us("postgres"),
-                run.per_call_us("load generator"),
-                run.cpu.per_op_us(run.load.rate())
-            );
-    }
+/// Section 1's lines for one run of `name`.
+fn print_run(name: &str, unit: &str, secs: u64, run: &Run) {
+    println!(
+        "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
+        run.load.rate(),
+        run.load.p(0.5),
+        run.load.p(0.99)
+    );
+    print_cpu(&run.cpu);
+    println!(
+        "     CPU per call: loms {:.0} us, postgres {:.0} us, load generator {:.0} us; the machine's, all parts: {:.0} us",
+        run.per_call_us("loms"),
+        run.per_call_us("postgres"),
+        run.per_call_us("load generator"),
+        run.cpu.per_op_us(run.load.rate())
+    );
+}
+
+/// Section 1's lines for the service's runs.
+fn print_service_runs(secs: u64, s: &ServiceRuns) {
+    print_run("OrderCreate", "orders/s", secs, &s.create);
+    let batches = &s.batches;
+    println!(
+        "     orders per call of create_orders: p50 {:.1}, p99 {:.1}, max <= {:.0} ({} calls)",
+        batches.quantile(0.5),
+        batches.quantile(0.99),
+        batches.max_at_most(),
+        batches.count()
+    );
+    print_run("OrderInfo", "/s", secs, &s.info);
+    s.changes.print(secs);
 }
 
 /// pgbench's simple-update and select-only on the same clients and time, printed.
@@ -321,17 +332,14 @@ async fn pgbench_yardsticks(secs: u64) -> (Yardstick, Yardstick) {
 
 impl Capacity {
     async fn measure(secs: u64) -> Self {
-        let (create, info, batches, rss_loms, rss_notifier) = create_and_info(secs).await;
-        print_service_runs(secs, &create, &info, &batches);
+        let service = service_runs(secs).await;
+        print_service_runs(secs, &service);
         let (simple_update, select_only) = pgbench_yardsticks(secs).await;
-        let service_rate = create.load.rate().round().max(1.0) as u64;
+        let service_rate = service.create.load.rate().round().max(1.0) as u64;
         let bare = bare_statement_run(secs, None).await;
         let bare_at_service_rate = bare_statement_run(secs, Some(service_rate)).await;
         let capacity = Self {
-            create,
-            batches,
-            info,
-            rss_mb: (rss_loms, rss_notifier),
+            service,
             simple_update,
             select_only,
             bare,
@@ -343,7 +351,7 @@ impl Capacity {
 
     /// PostgreSQL's CPU microseconds per order in the service.
     fn create_pg_us(&self) -> f64 {
-        self.create.per_call_us("postgres")
+        self.service.create.per_call_us("postgres")
     }
 
     fn print_bare(&self, secs: u64) {
@@ -374,8 +382,8 @@ impl Capacity {
         let bound =
             |y: &Yardstick, run: &Run| y.cpu.per_op_us(y.rate) / run.cpu.per_op_us(run.load.rate());
         (
-            bound(&self.simple_update, &self.create),
-            bound(&self.select_only, &self.info),
+            bound(&self.simple_update, &self.service.create),
+            bound(&self.select_only, &self.service.info),
         )
     }
 }
@@ -394,7 +402,7 @@ struct Figures {
 impl Figures {
     fn json(&self, figures: Vec<String>) -> serde_json::Value {
         let c = &self.capacity;
-        let (create, info) = (&c.create.load, &c.info.load);
+        let (create, info) = (&c.service.create.load, &c.service.info.load);
         let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
         let create_pg_us = c.create_pg_us();
         let (cpu_bound_create, cpu_bound_info) = c.cpu_bounds();
@@ -405,7 +413,7 @@ impl Figures {
             "cores": self.cores,
             "create_throughput_per_s": create.rate(),
             "create_latency_ms": {"p50": create.p(0.5), "p99": create.p(0.99)},
-            "create_batch_orders": {"p50": c.batches.quantile(0.5), "p99": c.batches.quantile(0.99), "max_at_most": c.batches.max_at_most(), "calls": c.batches.count()},
+            "create_batch_orders": {"p50": c.service.batches.quantile(0.5), "p99": c.service.batches.quantile(0.99), "max_at_most": c.service.batches.max_at_most(), "calls": c.service.batches.count()},
             "pgbench_tps": pg_update,
             "bare_sql_per_s": c.bare.rate,
             "bare_sql_pg_cpu_us_per_order": c.bare.pg_us(),
@@ -416,8 +424,8 @@ impl Figures {
             "create_vs_bare_sql_at_same_rate_pg_cpu": create_pg_us / c.bare_at_service_rate.pg_us(),
             "create_vs_pgbench": create.rate() / pg_update,
             "cpu_cores": {
-                "create": c.create.cpu.json(),
-                "info": c.info.cpu.json(),
+                "create": c.service.create.cpu.json(),
+                "info": c.service.info.cpu.json(),
                 "pgbench_simple_update": c.simple_update.cpu.json(),
                 "pgbench_select_only": c.select_only.cpu.json(),
                 "bare_sql": c.bare.cpu.json(),
@@ -429,6 +437,7 @@ impl Figures {
             "info_latency_ms": {"p50": info.p(0.5), "p99": info.p(0.99)},
             "pgbench_select_only_tps": pg_select,
             "info_vs_pgbench_select_only": info.rate() / pg_select,
+            "pay_and_cancel": c.service.changes.json(),
             // Each run's figures named by its rate (every run's in full in e2e_runs).
             "e2e_latency_ms_at_half_capacity": {"rate_per_s": at_half.rate, "p50": at_half.p(0.5), "p95": at_half.p(0.95), "p99": at_half.p(0.99)},
             format!("e2e_latency_ms_at_{HIGH_RATE}_per_s"): {"p50": at_high.p(0.5), "p95": at_high.p(0.95), "p99": at_high.p(0.99)},
@@ -440,14 +449,14 @@ impl Figures {
             "relay_vs_raw": drain / raw,
             "event_size_bytes": size,
             "notifier_consume_per_s": self.consume,
-            "rss_mb": {"loms": c.rss_mb.0, "notifier": c.rss_mb.1},
+            "rss_mb": {"loms": c.service.rss_mb.0, "notifier": c.service.rss_mb.1},
             "figures": figures,
         })
     }
 
     fn print_table(&self) {
         let c = &self.capacity;
-        let (create, info) = (&c.create.load, &c.info.load);
+        let (create, info) = (&c.service.create.load, &c.service.info.load);
         let (pg_update, pg_select) = (c.simple_update.rate, c.select_only.rate);
         let create_pg_us = c.create_pg_us();
         let (same_rate, flat_out) = (&c.bare_at_service_rate, &c.bare);
@@ -471,6 +480,16 @@ impl Figures {
             "| OrderInfo, {CLIENTS} clients | {:.0}/s, {:.2} of pgbench select-only {pg_select:.0} tps | >= 0.4 |",
             info.rate(),
             info.rate() / pg_select
+        );
+        let changes = &c.service.changes;
+        let (pay, cancel) = (&changes.pay, &changes.cancel);
+        println!(
+            "| OrderPay, OrderCancel, {CLIENTS} clients | {:.0}/s, {:.0}/s; PostgreSQL CPU per call {:.0}, {:.0} us; {:.1} requests per batch at p50 | |",
+            pay.load.rate(),
+            cancel.load.rate(),
+            pay.per_call_us("postgres"),
+            cancel.per_call_us("postgres"),
+            changes.batches.quantile(0.5)
         );
         for (e, goal) in self
             .e2e
@@ -497,7 +516,7 @@ impl Figures {
         );
         println!(
             "| peak RSS | loms {:.1} MB, notifier {:.1} MB | <= 64 MB each |",
-            c.rss_mb.0, c.rss_mb.1
+            c.service.rss_mb.0, c.service.rss_mb.1
         );
     }
 }
@@ -523,7 +542,7 @@ async fn main() {
 
     let capacity = Capacity::measure(plan.load_secs).await;
 
-    let half = ((capacity.create.load.rate() / 2.0) as u64).max(1);
+    let half = ((capacity.service.create.load.rate() / 2.0) as u64).max(1);
     println!("2. end to end (reply to the notifier's log line), and per stage:");
     let mut e2e = Vec::new();
     for rate in [half, HIGH_RATE, LOW_RATE] {
@@ -543,10 +562,14 @@ async fn main() {
     );
     println!(
         "5. peak RSS during 1: loms {:.1} MB, notifier {:.1} MB",
-        capacity.rss_mb.0, capacity.rss_mb.1
+        capacity.service.rss_mb.0, capacity.service.rss_mb.1
     );
 
-    let figures = write_figures(&capacity.create.load, &capacity.info.load, &e2e);
+    let figures = write_figures(
+        &capacity.service.create.load,
+        &capacity.service.info.load,
+        &e2e,
+    );
     let measured = Figures {
         quick,
         cores,
