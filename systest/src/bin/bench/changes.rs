@@ -2,6 +2,7 @@
 //! payment: 64 clients pay the first half of them, then cancel the second half, each for half
 //! the run's time so that the orders last; with the requests per batch of changes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,34 +37,26 @@ pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
     let run = Duration::from_secs(secs.div_ceil(2));
     let pids = (Some(loms.process.pid()), Some(notifier));
     let before = histogram::parse(&histogram::scrape(&loms.admin).await, BATCH_SIZES);
-    let to_pay = Arc::new(to_pay.to_vec());
-    let (pay, pay_cpu) = cpu::measured(
-        pids.0,
-        pids.1,
-        load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
-            let order_id = to_pay[i as usize % to_pay.len()];
-            async move {
-                client
-                    .order_pay(OrderPayRequest { order_id })
-                    .await
-                    .expect("OrderPay");
-            }
-        }),
+    let pay = changing(
+        &loms.grpc,
+        pids,
+        run,
+        to_pay,
+        |mut client, order_id| async move {
+            let request = OrderPayRequest { order_id };
+            client.order_pay(request).await.expect("OrderPay");
+        },
     )
     .await;
-    let to_cancel = Arc::new(to_cancel.to_vec());
-    let (cancel, cancel_cpu) = cpu::measured(
-        pids.0,
-        pids.1,
-        load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
-            let order_id = to_cancel[i as usize % to_cancel.len()];
-            async move {
-                client
-                    .order_cancel(OrderCancelRequest { order_id })
-                    .await
-                    .expect("OrderCancel");
-            }
-        }),
+    let cancel = changing(
+        &loms.grpc,
+        pids,
+        run,
+        to_cancel,
+        |mut client, order_id| async move {
+            let request = OrderCancelRequest { order_id };
+            client.order_cancel(request).await.expect("OrderCancel");
+        },
     )
     .await;
     let batches =
@@ -75,17 +68,32 @@ pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
     .await
     .expect("count changes");
     Changes {
-        pay: Run {
-            load: pay,
-            cpu: pay_cpu,
-        },
-        cancel: Run {
-            load: cancel,
-            cpu: cancel_cpu,
-        },
+        pay,
+        cancel,
         batches,
         changed,
     }
+}
+
+/// `CLIENTS` clients call `change` on each of `ids` in turn (from the first again if they run
+/// out) for `run`.
+async fn changing<F, Fut>(
+    grpc: &str,
+    pids: (Option<u32>, Option<u32>),
+    run: Duration,
+    ids: &[i64],
+    change: F,
+) -> Run
+where
+    F: Fn(load::Client, i64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let ids = Arc::new(ids.to_vec());
+    let calls = load::closed_loop(grpc, CLIENTS, run, move |client, i| {
+        change(client, ids[i as usize % ids.len()])
+    });
+    let (load, cpu) = cpu::measured(pids.0, pids.1, calls).await;
+    Run { load, cpu }
 }
 
 impl Changes {
@@ -102,6 +110,19 @@ impl Changes {
             self.changed.0,
             self.changed.1
         );
+    }
+
+    /// The bench table's row.
+    pub fn table_row(&self) -> String {
+        let (pay, cancel) = (&self.pay, &self.cancel);
+        format!(
+            "| OrderPay, OrderCancel, {CLIENTS} clients | {:.0}/s, {:.0}/s; PostgreSQL CPU per call {:.0}, {:.0} us; {:.1} requests per batch at p50 | |",
+            pay.load.rate(),
+            cancel.load.rate(),
+            pay.per_call_us("postgres"),
+            cancel.per_call_us("postgres"),
+            self.batches.quantile(0.5)
+        )
     }
 
     pub fn json(&self) -> serde_json::Value {

@@ -481,16 +481,7 @@ impl Figures {
             info.rate(),
             info.rate() / pg_select
         );
-        let changes = &c.service.changes;
-        let (pay, cancel) = (&changes.pay, &changes.cancel);
-        println!(
-            "| OrderPay, OrderCancel, {CLIENTS} clients | {:.0}/s, {:.0}/s; PostgreSQL CPU per call {:.0}, {:.0} us; {:.1} requests per batch at p50 | |",
-            pay.load.rate(),
-            cancel.load.rate(),
-            pay.per_call_us("postgres"),
-            cancel.per_call_us("postgres"),
-            changes.batches.quantile(0.5)
-        );
+        println!("{}", c.service.changes.table_row());
         for (e, goal) in self
             .e2e
             .iter()
