@@ -101,6 +101,24 @@ async fn hold<T>(
     (held, first)
 }
 
+/// Ends the backend of the call of `function` that waits for a lock, and waits until the call
+/// runs again on another connection, where it waits for the lock anew.
+async fn cut_the_blocked_call(pool: &PgPool, function: &str) {
+    let pid = blocked_call(pool, function).await.unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+    until("the call runs again", || async {
+        blocked_call(pool, function)
+            .await
+            .is_some_and(|again| again != pid)
+    })
+    .await;
+}
+
 /// Waits until `n` requests wait for a batch worker.
 async fn queued(waiting: impl Fn() -> usize, n: usize) {
     until("the request queued", || async { waiting() == n }).await;
@@ -224,20 +242,7 @@ async fn orders_of_one_batch_race_for_the_last_units_in_arrival_order() {
 async fn a_batch_whose_connection_is_cut_is_run_again_and_applied_once() {
     let (pool, storage, metrics) = setup().await;
     let (lock, first) = hold_the_worker(&pool, &storage, SCARCE).await;
-    let pid = blocked_call(&pool, "create_orders").await.unwrap();
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(terminated);
-    // The call is run again on another connection, where it waits for the lock anew.
-    until("the call runs again", || async {
-        blocked_call(&pool, "create_orders")
-            .await
-            .is_some_and(|again| again != pid)
-    })
-    .await;
+    cut_the_blocked_call(&pool, "create_orders").await;
     lock.rollback().await.unwrap();
     let order_id = first.await.unwrap().expect("the order is made");
     assert_eq!(testkit::db::count(&pool, "orders").await, 1);
@@ -413,19 +418,7 @@ async fn a_change_batch_whose_connection_is_cut_is_run_again_and_applied_once() 
         unreachable!()
     };
     let (lock, first) = hold_the_change_worker(&pool, &storage, a).await;
-    let pid = blocked_call(&pool, "change_orders").await.unwrap();
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(terminated);
-    until("the call runs again", || async {
-        blocked_call(&pool, "change_orders")
-            .await
-            .is_some_and(|again| again != pid)
-    })
-    .await;
+    cut_the_blocked_call(&pool, "change_orders").await;
     lock.rollback().await.unwrap();
     assert!(first.await.unwrap().unwrap(), "the order is paid");
     assert_eq!(
