@@ -1,10 +1,9 @@
 //! OrderPay and OrderCancel at capacity, on the orders the OrderCreate run left awaiting
-//! payment: 64 clients pay the first half of them, then cancel the second half, each for half
-//! the run's time so that the orders last; with the requests per batch of changes.
+//! payment: 64 clients pay the first half of them, then cancel the second half, each order
+//! once; with the requests per batch of changes.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use api::loms::{OrderCancelRequest, OrderPayRequest};
 use testkit::process::LomsProcess;
@@ -19,12 +18,11 @@ pub struct Changes {
     pub pay: Run,
     pub cancel: Run,
     pub batches: Buckets,
-    /// Orders payed and cancelled: fewer than the calls if the clients ran out of orders and
-    /// paid or cancelled some twice (answered at once, nothing to change).
+    /// Orders payed and cancelled, counted in the database: each call changed one.
     pub changed: (i64, i64),
 }
 
-pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
+pub async fn measure(loms: &LomsProcess, notifier: u32) -> Changes {
     let pool = sqlx::PgPool::connect(&loms.options().database_url)
         .await
         .expect("connect");
@@ -34,13 +32,11 @@ pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
             .await
             .expect("order ids");
     let (to_pay, to_cancel) = ids.split_at(ids.len() / 2);
-    let run = Duration::from_secs(secs.div_ceil(2));
     let pids = (Some(loms.process.pid()), Some(notifier));
     let before = histogram::parse(&histogram::scrape(&loms.admin).await, BATCH_SIZES);
     let pay = changing(
         &loms.grpc,
         pids,
-        run,
         to_pay,
         |mut client, order_id| async move {
             let request = OrderPayRequest { order_id };
@@ -51,7 +47,6 @@ pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
     let cancel = changing(
         &loms.grpc,
         pids,
-        run,
         to_cancel,
         |mut client, order_id| async move {
             let request = OrderCancelRequest { order_id };
@@ -75,12 +70,10 @@ pub async fn measure(loms: &LomsProcess, notifier: u32, secs: u64) -> Changes {
     }
 }
 
-/// `CLIENTS` clients call `change` on each of `ids` in turn (from the first again if they run
-/// out) for `run`.
+/// `CLIENTS` clients call `change` once on each of `ids`.
 async fn changing<F, Fut>(
     grpc: &str,
     pids: (Option<u32>, Option<u32>),
-    run: Duration,
     ids: &[i64],
     change: F,
 ) -> Run
@@ -89,17 +82,21 @@ where
     Fut: Future<Output = ()> + Send,
 {
     let ids = Arc::new(ids.to_vec());
-    let calls = load::closed_loop(grpc, CLIENTS, run, move |client, i| {
-        change(client, ids[i as usize % ids.len()])
+    let stop = load::Stop::Calls(ids.len() as u64);
+    let calls = load::closed_loop(grpc, CLIENTS, stop, move |client, i| {
+        change(client, ids[i as usize])
     });
     let (load, cpu) = cpu::measured(pids.0, pids.1, calls).await;
     Run { load, cpu }
 }
 
 impl Changes {
-    pub fn print(&self, secs: u64) {
-        crate::print_run("OrderPay", "/s", secs.div_ceil(2), &self.pay);
-        crate::print_run("OrderCancel", "/s", secs.div_ceil(2), &self.cancel);
+    pub fn print(&self) {
+        let runs = [("OrderPay", &self.pay), ("OrderCancel", &self.cancel)];
+        for (name, run) in runs {
+            let secs = run.load.elapsed.as_secs_f64();
+            crate::print_run(name, "/s", &format!("{secs:.1} s"), run);
+        }
         let b = &self.batches;
         println!(
             "     requests per batch of changes (both runs): p50 {:.1}, p99 {:.1}, max <= {:.0} ({} batches); orders payed {}, cancelled {}",

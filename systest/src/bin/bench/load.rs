@@ -2,6 +2,8 @@
 //! one was answered, for a while; latencies and completions per second.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use systest::percentile;
@@ -40,25 +42,44 @@ pub async fn connect(grpc: &str) -> Vec<Client> {
     channels
 }
 
-/// `clients` workers call `call(client, i)` (i = 0, 1, 2... over all workers) for `run`.
-pub async fn closed_loop<F, Fut>(grpc: &str, clients: u64, run: Duration, call: F) -> Load
+/// When a load run ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// After this long.
+    After(Duration),
+    /// Once this many calls were made.
+    Calls(u64),
+}
+
+impl Stop {
+    /// The next call's number, if the run goes on.
+    fn next(self, started: Instant, calls: &AtomicU64) -> Option<u64> {
+        match self {
+            Stop::After(run) if started.elapsed() >= run => None,
+            Stop::After(_) => Some(calls.fetch_add(1, Ordering::Relaxed)),
+            Stop::Calls(n) => Some(calls.fetch_add(1, Ordering::Relaxed)).filter(|&i| i < n),
+        }
+    }
+}
+
+/// `clients` workers call `call(client, i)` (i = 0, 1, 2... over all workers) until `stop`.
+pub async fn closed_loop<F, Fut>(grpc: &str, clients: u64, stop: Stop, call: F) -> Load
 where
     F: Fn(Client, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let channels = connect(grpc).await;
     let started = Instant::now();
-    let deadline = started + run;
+    let calls = Arc::new(AtomicU64::new(0));
     let workers = (0..clients).map(|w| {
         let (client, call) = (channels[w as usize % channels.len()].clone(), call.clone());
+        let calls = calls.clone();
         tokio::spawn(async move {
             let mut done = Vec::new();
-            let mut i = w;
-            while Instant::now() < deadline {
+            while let Some(i) = stop.next(started, &calls) {
                 let t = Instant::now();
                 call(client.clone(), i).await;
                 done.push((t.elapsed().as_secs_f64() * 1e3, started.elapsed().as_secs()));
-                i += clients;
             }
             done
         })

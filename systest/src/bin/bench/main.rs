@@ -117,12 +117,17 @@ async fn service_runs(secs: u64) -> ServiceRuns {
     let (create, create_cpu) = cpu::measured(
         pids.0,
         pids.1,
-        load::closed_loop(&loms.grpc, CLIENTS, run, |mut client, i| async move {
-            client
-                .order_create(create_request(i))
-                .await
-                .expect("OrderCreate");
-        }),
+        load::closed_loop(
+            &loms.grpc,
+            CLIENTS,
+            load::Stop::After(run),
+            |mut client, i| async move {
+                client
+                    .order_create(create_request(i))
+                    .await
+                    .expect("OrderCreate");
+            },
+        ),
     )
     .await;
     let batches =
@@ -138,18 +143,23 @@ async fn service_runs(secs: u64) -> ServiceRuns {
     let (info, info_cpu) = cpu::measured(
         pids.0,
         pids.1,
-        load::closed_loop(&loms.grpc, CLIENTS, run, move |mut client, i| {
-            let order_id = ids[(i as usize * 7919) % ids.len()];
-            async move {
-                client
-                    .order_info(OrderInfoRequest { order_id })
-                    .await
-                    .expect("OrderInfo");
-            }
-        }),
+        load::closed_loop(
+            &loms.grpc,
+            CLIENTS,
+            load::Stop::After(run),
+            move |mut client, i| {
+                let order_id = ids[(i as usize * 7919) % ids.len()];
+                async move {
+                    client
+                        .order_info(OrderInfoRequest { order_id })
+                        .await
+                        .expect("OrderInfo");
+                }
+            },
+        ),
     )
     .await;
-    let changes = changes::measure(&loms, notifier.process.pid(), secs).await;
+    let changes = changes::measure(&loms, notifier.process.pid()).await;
     ServiceRuns {
         create: Run {
             load: create,
@@ -274,9 +284,9 @@ struct Capacity {
 }
 
 /// Section 1's lines for one run of `name`.
-fn print_run(name: &str, unit: &str, secs: u64, run: &Run) {
+fn print_run(name: &str, unit: &str, took: &str, run: &Run) {
     println!(
-        "1. {name}, {CLIENTS} clients, {secs} s: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
+        "1. {name}, {CLIENTS} clients, {took}: {:.0} {unit}, p50 {:.2} ms, p99 {:.2} ms",
         run.load.rate(),
         run.load.p(0.5),
         run.load.p(0.99)
@@ -293,7 +303,8 @@ fn print_run(name: &str, unit: &str, secs: u64, run: &Run) {
 
 /// Section 1's lines for the service's runs.
 fn print_service_runs(secs: u64, s: &ServiceRuns) {
-    print_run("OrderCreate", "orders/s", secs, &s.create);
+    let took = format!("{secs} s");
+    print_run("OrderCreate", "orders/s", &took, &s.create);
     let batches = &s.batches;
     println!(
         "     orders per call of create_orders: p50 {:.1}, p99 {:.1}, max <= {:.0} ({} calls)",
@@ -302,8 +313,8 @@ fn print_service_runs(secs: u64, s: &ServiceRuns) {
         batches.max_at_most(),
         batches.count()
     );
-    print_run("OrderInfo", "/s", secs, &s.info);
-    s.changes.print(secs);
+    print_run("OrderInfo", "/s", &took, &s.info);
+    s.changes.print();
 }
 
 /// pgbench's simple-update and select-only on the same clients and time, printed.
