@@ -132,6 +132,22 @@ async fn service_runs(secs: u64) -> ServiceRuns {
     .await;
     let batches =
         histogram::parse(&histogram::scrape(&loms.admin).await, BATCH_SIZES).since(&batches_before);
+    let info = info_run(&loms, pids, run).await;
+    let changes = changes::measure(&loms, notifier.process.pid()).await;
+    ServiceRuns {
+        create: Run {
+            load: create,
+            cpu: create_cpu,
+        },
+        batches,
+        info,
+        changes,
+        rss_mb: (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb()),
+    }
+}
+
+/// OrderInfo with 64 clients on the orders made, spread over them.
+async fn info_run(loms: &LomsProcess, pids: (Option<u32>, Option<u32>), run: Duration) -> Run {
     let pool = sqlx::PgPool::connect(&loms.options().database_url)
         .await
         .expect("connect");
@@ -140,7 +156,7 @@ async fn service_runs(secs: u64) -> ServiceRuns {
         .await
         .expect("order ids");
     let ids = std::sync::Arc::new(ids);
-    let (info, info_cpu) = cpu::measured(
+    let (load, cpu) = cpu::measured(
         pids.0,
         pids.1,
         load::closed_loop(
@@ -159,20 +175,7 @@ async fn service_runs(secs: u64) -> ServiceRuns {
         ),
     )
     .await;
-    let changes = changes::measure(&loms, notifier.process.pid()).await;
-    ServiceRuns {
-        create: Run {
-            load: create,
-            cpu: create_cpu,
-        },
-        batches,
-        info: Run {
-            load: info,
-            cpu: info_cpu,
-        },
-        changes,
-        rss_mb: (loms.process.peak_rss_mb(), notifier.process.peak_rss_mb()),
-    }
+    Run { load, cpu }
 }
 
 /// A rate some program reached, and what the machine's cores did meanwhile.
