@@ -49,6 +49,7 @@ BEGIN
           WHERE u.unreserve AND u.id = ANY (fresh)
           GROUP BY l.sku) d;
 
+    -- The stock rows the changes touch, locked in sku order before any is updated.
     SELECT count(*) INTO locked
     FROM (SELECT sku FROM stocks WHERE sku = ANY (skus) ORDER BY sku FOR UPDATE) s;
 

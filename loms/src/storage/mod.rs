@@ -1,6 +1,7 @@
 //! Orders and stock in PostgreSQL. Every change of orders is made by a batch: concurrent
-//! requests are committed together, one round trip and one commit for many, each decided exactly
-//! as if it ran alone in arrival order (see [`crate::batcher`] and the migrations' functions).
+//! requests are committed together, one commit for many (one round trip for OrderCreate's, two
+//! for OrderPay's and OrderCancel's), each decided exactly as if it ran alone in arrival order
+//! (see [`crate::batcher`] and the migrations' functions).
 //! Orders are locked before stock rows, and stock rows in sku order, by every writer, so
 //! concurrent batches cannot deadlock; each change writes its events to the outbox before it
 //! commits.
@@ -50,7 +51,7 @@ pub struct OrderView {
     pub lines: Vec<Line>,
 }
 
-pub(super) fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
+fn lines_of(skus: &[i64], counts: &[i64]) -> Vec<Line> {
     skus.iter()
         .zip(counts)
         .map(|(&sku, &count)| Line { sku, count })
